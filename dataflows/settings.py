@@ -1,0 +1,177 @@
+"""Typed configuration from defaults, a TOML file and ``EDGEWATCH_*`` environment variables.
+
+Precedence, lowest first: the defaults below, the TOML file named by ``EDGEWATCH_CONFIG``
+(or passed explicitly), then one environment variable per setting: the field name in
+upper case with an ``EDGEWATCH_`` prefix. Lists are comma-separated in the environment;
+HST limits are ``field:low:high`` items, e.g.
+``EDGEWATCH_HST_LIMITS="pm1.0_cf_1:0:1200"``.
+
+>>> s = Settings.load(env={"EDGEWATCH_THRESHOLD": "0.8", "EDGEWATCH_MODE": "fleet"})
+>>> s.threshold, s.mode, s.hst_limits
+(0.8, 'fleet', {'pm1.0_cf_1': (0.0, 1200.0)})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["SOURCES", "ConfigError", "Settings"]
+
+SOURCES = ("simulator", "purpleair", "purpleair-api", "jsonl", "csv", "nab", "skab")
+MODES = ("per-sensor", "fleet")
+SCOPES = ("sensor", "fleet")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the air-quality flow (see the README's configuration table)."""
+
+    source: str = "simulator"
+    """Input: simulator, purpleair (snapshot file), purpleair-api, jsonl, csv, nab, skab."""
+    source_path: tuple[str, ...] = ()
+    """Input files for file sources."""
+    batch_size: int = 1000
+    """Largest batch a source hands Bytewax at once."""
+    sim_sensors: int = 50
+    sim_interval_s: int = 120
+    sim_duration_s: int = 86_400
+    sim_seed: int = 7
+    purpleair_api_url: str = "https://api.purpleair.com"
+    purpleair_api_key_file: str = ""
+    """File holding the PurpleAir read key (or set EDGEWATCH_PURPLEAIR_API_KEY)."""
+    purpleair_poll_s: float = 120.0
+    mode: str = "per-sensor"
+    """per-sensor: one model per sensor over time; fleet: one model across sensors."""
+    impute_fields: tuple[str, ...] = ("temperature", "humidity", "pressure", "pm1.0_cf_1")
+    impute_scope: str = "sensor"
+    """sensor: running means per sensor; fleet: one running mean per field for all."""
+    hst_features: tuple[str, ...] = ("pm1.0_cf_1",)
+    hst_limits: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"pm1.0_cf_1": (0.0, 1200.0)}
+    )
+    hst_trees: int = 10
+    hst_height: int = 8
+    hst_window: int = 72
+    hst_seed: int = 11
+    threshold: float = 0.7
+    """Scores strictly above this raise an alert."""
+    alerts_path: str = "-"
+    """JSON-lines alert file; ``-`` is stdout."""
+    deadletter_path: str = "deadletter.jsonl"
+    """JSON-lines dead-letter file (created on the first invalid message)."""
+    max_payload_bytes: int = 256 * 1024
+    max_future_s: float = 300.0
+    idle_timeout_s: float = 86_400.0
+    """Drop a sensor's state after this long without readings (0 keeps it forever)."""
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from defaults, the TOML file, the environment and overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = config_file or env.get("EDGEWATCH_CONFIG")
+        if path:
+            values.update(_read_toml(Path(path)))
+        names = {f.name for f in dataclasses.fields(cls)}
+        for name in names:
+            key = f"EDGEWATCH_{name.upper()}"
+            if key in env:
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - names)
+        if unknown:
+            msg = f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            raise ConfigError(msg)
+        hints = typing.get_type_hints(cls)
+        settings = cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting that makes no sense."""
+        checks = [
+            (self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}"),
+            (self.mode in MODES, f"mode must be one of {', '.join(MODES)}"),
+            (self.impute_scope in SCOPES, f"impute_scope must be one of {', '.join(SCOPES)}"),
+            (0.0 <= self.threshold <= 1.0, "threshold must lie in [0, 1]"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (bool(self.hst_features), "hst_features must name at least one field"),
+            (self.hst_window >= 1 and self.hst_trees >= 1 and self.hst_height >= 1,
+             "hst_window, hst_trees and hst_height must be at least 1"),
+            (all(lo < hi for lo, hi in self.hst_limits.values()),
+             "every hst_limits entry needs low < high"),
+            (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair")
+             or bool(self.source_path),
+             f"source {self.source!r} needs source_path (EDGEWATCH_SOURCE_PATH or --input)"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        msg = f"config file {path} does not exist"
+        raise ConfigError(msg) from None
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"config file {path} is not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    table = data.get("edgewatch", data)
+    return {k.replace("-", "_"): v for k, v in table.items()}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:  # noqa: PLR0911 - one branch per type
+    """Convert an environment string or TOML value to the field's type."""
+    try:
+        if hint is bool:
+            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float):
+                raise ValueError(value)
+            return hint(value)
+        origin = typing.get_origin(hint)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if origin is dict:
+            return _limits(value)
+    except (TypeError, ValueError):
+        msg = f"setting {name}={value!r} is not a valid {getattr(hint, '__name__', hint)}"
+        raise ConfigError(msg) from None
+    msg = f"setting {name} has an unsupported type {hint}"
+    raise ConfigError(msg)
+
+
+def _limits(value: Any) -> dict[str, tuple[float, float]]:
+    """``"a:0:1,b:-5:5"`` or a TOML table ``{a = [0, 1]}`` to ``{"a": (0.0, 1.0)}``."""
+    if isinstance(value, str):
+        out = {}
+        for item in filter(None, (i.strip() for i in value.split(","))):
+            name, lo, hi = item.rsplit(":", 2)
+            out[name] = (float(lo), float(hi))
+        return out
+    return {str(k): (float(v[0]), float(v[1])) for k, v in dict(value).items()}

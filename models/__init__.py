@@ -1,0 +1,1 @@
+"""Detectors as plain numpy objects with no Bytewax in them."""

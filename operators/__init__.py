@@ -1,0 +1,1 @@
+"""Bytewax operators: the only place where records meet models."""

@@ -1,0 +1,337 @@
+"""Turn raw source messages into :class:`Reading` records or :class:`Invalid` ones.
+
+Accepted payloads (bytes holding JSON, or an already-decoded mapping):
+
+* a generic reading ``{"sensor_id": "a1", "ts": "2024-04-01T00:00:00Z", "values": {...}}``
+  (``ts`` may be ISO-8601 or epoch seconds / milliseconds);
+* a PurpleAir sensor row: the ``/v1/sensors`` ``fields`` zipped with one ``data`` row
+  (``sensor_index`` is the id, ``last_seen`` or ``data_time_stamp`` the event time);
+* a whole PurpleAir ``/v1/sensors`` response (``fields`` + ``data``): one reading per row;
+* PurpleAir single-sensor JSON ``{"data_time_stamp": ..., "sensor": {...}}``;
+* a JSON array of any of the above.
+
+Everything else becomes an :class:`Invalid` with one reason from :data:`REASONS`; nothing
+raises. For an MQTT topic ``.../sensors/<id>/readings`` the topic names the sensor, and a
+payload that names another sensor is refused (``sensor_id_mismatch``).
+
+>>> from operators.records import Reading
+>>> r = parse_message("t", b'{"sensor_id": "a1", "ts": 1711929600, "values": {"pm": 3}}', 0.0)
+>>> [(x.sensor_id, x.ts.isoformat(), x.values) for x in r]
+[('a1', '2024-04-01T00:00:00+00:00', {'pm': 3.0})]
+>>> [x.reason for x in parse_message("t", b'{"sensor_id": "a1"', 0.0)]
+['malformed_json']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeGuard, cast
+
+import bytewax.operators as op
+import orjson
+from bytewax.dataflow import Stream, operator
+
+from operators.records import Invalid, RawMessage, Reading
+
+__all__ = ["REASONS", "ParseLimits", "ParseOut", "parse", "parse_message"]
+
+PAYLOAD_TOO_LARGE = "payload_too_large"
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+UNKNOWN_FORMAT = "unknown_format"
+MISSING_SENSOR_ID = "missing_sensor_id"
+BAD_SENSOR_ID = "bad_sensor_id"
+SENSOR_ID_MISMATCH = "sensor_id_mismatch"
+MISSING_TIMESTAMP = "missing_timestamp"
+BAD_TIMESTAMP = "bad_timestamp"
+FUTURE_TIMESTAMP = "future_timestamp"
+MISSING_VALUES = "missing_values"
+TOO_MANY_VALUES = "too_many_values"
+NON_NUMERIC_VALUE = "non_numeric_value"
+NON_FINITE_VALUE = "non_finite_value"
+MALFORMED_ROW = "malformed_row"
+REASONS = (
+    PAYLOAD_TOO_LARGE,
+    MALFORMED_JSON,
+    NOT_AN_OBJECT,
+    UNKNOWN_FORMAT,
+    MISSING_SENSOR_ID,
+    BAD_SENSOR_ID,
+    SENSOR_ID_MISMATCH,
+    MISSING_TIMESTAMP,
+    BAD_TIMESTAMP,
+    FUTURE_TIMESTAMP,
+    MISSING_VALUES,
+    TOO_MANY_VALUES,
+    NON_NUMERIC_VALUE,
+    NON_FINITE_VALUE,
+    MALFORMED_ROW,
+)
+"""Every reason an :class:`Invalid` can carry (a fixed set: it is a metric label)."""
+
+# PurpleAir row keys that are identity, time or text metadata rather than measurements.
+_PA_META = frozenset(
+    {"sensor_index", "last_seen", "data_time_stamp", "time_stamp", "date_created",
+     "last_modified", "name", "model", "hardware", "firmware_version", "firmware_upgrade",
+     "private", "location_type", "led_brightness", "channel_state", "channel_flags",
+     "channel_flags_manual", "channel_flags_auto", "confidence", "confidence_manual",
+     "confidence_auto", "latitude", "longitude", "altitude", "position_rating",
+     "icon", "primary_id_a", "primary_key_a", "secondary_id_a", "secondary_key_a",
+     "primary_id_b", "primary_key_b", "secondary_id_b", "secondary_key_b"}
+)  # fmt: skip
+_EPOCH_MS_CUTOFF = 1e11  # epoch numbers above this are milliseconds
+_MIN_TS = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+_BAD_ID_CHARS = frozenset("/+#\x00")
+_UTC = timezone.utc
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Limits that protect the flow from hostile or broken input.
+
+    Attributes:
+        max_payload_bytes: Larger byte payloads are refused before decoding.
+        max_values: Most measurement fields one reading may carry.
+        max_future_s: How far past its receive time an event time may lie.
+        max_sensor_id_len: Longest accepted sensor id.
+        max_array_items: Most readings one JSON array or PurpleAir response may carry.
+    """
+
+    max_payload_bytes: int = 256 * 1024
+    max_values: int = 64
+    max_future_s: float = 300.0
+    max_sensor_id_len: int = 128
+    max_array_items: int = 100_000
+
+
+class _Bad(Exception):
+    """Internal: carries a reason and detail out of the nested checks."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_message(
+    origin: str,
+    payload: bytes | Mapping[str, Any],
+    received_at: float,
+    limits: ParseLimits = ParseLimits(),  # noqa: B008 - frozen, shared default
+) -> list[Reading | Invalid]:
+    """Parse one raw message into readings and invalid records (never raises)."""
+    raw: bytes | dict[str, Any]
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        raw = bytes(payload)
+        if len(raw) > limits.max_payload_bytes:
+            detail = f"{len(raw)} bytes > limit {limits.max_payload_bytes}"
+            return [Invalid(PAYLOAD_TOO_LARGE, detail, raw, origin, received_at)]
+        try:
+            obj: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return [Invalid(_json_reason(raw), str(exc), raw, origin, received_at)]
+    else:
+        raw = obj = payload if isinstance(payload, dict) else dict(payload)
+    topic_id = _topic_sensor(origin)
+    if isinstance(obj, list):
+        if len(obj) > limits.max_array_items:
+            detail = f"{len(obj)} items > limit {limits.max_array_items}"
+            return [Invalid(PAYLOAD_TOO_LARGE, detail, raw, origin, received_at)]
+        return [_one(item, item, origin, received_at, topic_id, limits) for item in obj]
+    if isinstance(obj, dict) and "fields" in obj and "data" in obj:
+        return _response(obj, origin, received_at, topic_id, limits)
+    return [_one(obj, raw, origin, received_at, topic_id, limits)]
+
+
+def _one(
+    obj: Any,
+    raw: Any,
+    origin: str,
+    received_at: float,
+    topic_id: str | None,
+    limits: ParseLimits,
+) -> Reading | Invalid:
+    try:
+        if not isinstance(obj, dict):
+            detail = f"top-level JSON is {type(obj).__name__}, expected an object"
+            raise _Bad(NOT_AN_OBJECT, detail)
+        if "sensor" in obj and isinstance(obj["sensor"], dict):  # single-sensor JSON
+            obj = {**obj["sensor"], "data_time_stamp": obj.get("data_time_stamp")}
+        if "_malformed_row" in obj:
+            raise _Bad(MALFORMED_ROW, "PurpleAir data row does not match its fields")
+        if "values" in obj or "sensor_id" in obj:
+            sid = _sensor_id(obj.get("sensor_id"), topic_id, limits)
+            ts = _timestamp(obj.get("ts"), received_at, limits)
+            values = _values(obj.get("values"), limits)
+        elif "sensor_index" in obj:
+            sid = _sensor_id(obj["sensor_index"], topic_id, limits)
+            stamp = obj.get("last_seen") or obj.get("data_time_stamp") or obj.get("time_stamp")
+            ts = _timestamp(stamp, received_at, limits)
+            values = _values({k: v for k, v in obj.items() if k not in _PA_META}, limits)
+        else:
+            detail = "expected a sensor_id/values reading or a PurpleAir sensor object"
+            raise _Bad(UNKNOWN_FORMAT, detail)
+    except _Bad as bad:
+        payload = raw if isinstance(raw, (bytes, dict)) else orjson.dumps(raw, default=repr)
+        return Invalid(bad.reason, bad.detail, payload, origin, received_at)
+    return Reading(sid, ts, values, origin, (), received_at)
+
+
+def _response(
+    obj: dict[str, Any],
+    origin: str,
+    received_at: float,
+    topic_id: str | None,
+    limits: ParseLimits,
+) -> list[Reading | Invalid]:
+    fields, data = obj["fields"], obj["data"]
+    if not isinstance(fields, list) or not isinstance(data, list):
+        return [Invalid(UNKNOWN_FORMAT, "fields and data must be lists", obj, origin)]
+    if len(data) > limits.max_array_items:
+        detail = f"{len(data)} rows > limit {limits.max_array_items}"
+        return [Invalid(PAYLOAD_TOO_LARGE, detail, obj, origin, received_at)]
+    stamp = obj.get("data_time_stamp")
+    out: list[Reading | Invalid] = []
+    for row in data:
+        if not isinstance(row, list) or len(row) != len(fields):
+            row_obj: dict[str, Any] = {"_malformed_row": row, "fields": fields}
+        else:
+            row_obj = dict(zip(fields, row, strict=True))
+            row_obj.setdefault("data_time_stamp", stamp)
+        out.append(_one(row_obj, row_obj, origin, received_at, topic_id, limits))
+    return out
+
+
+def _sensor_id(value: Any, topic_id: str | None, limits: ParseLimits) -> str:
+    if value is None:
+        if topic_id is None:
+            raise _Bad(MISSING_SENSOR_ID, "no sensor_id in the payload or the topic")
+        return topic_id
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Bad(BAD_SENSOR_ID, f"sensor id must be a string, got {type(value).__name__}")
+    sid = str(value)
+    if not sid or len(sid) > limits.max_sensor_id_len or not sid.isprintable():
+        raise _Bad(BAD_SENSOR_ID, f"sensor id {sid[:40]!r} is empty, too long or unprintable")
+    if not _BAD_ID_CHARS.isdisjoint(sid):
+        raise _Bad(BAD_SENSOR_ID, f"sensor id {sid[:40]!r} contains / + # or NUL")
+    if topic_id is not None and sid != topic_id:
+        raise _Bad(SENSOR_ID_MISMATCH, f"payload names {sid!r}, topic names {topic_id!r}")
+    return sid
+
+
+def _timestamp(value: Any, received_at: float, limits: ParseLimits) -> datetime:
+    if value is None:
+        raise _Bad(MISSING_TIMESTAMP, "no event time (ts, last_seen or data_time_stamp)")
+    if isinstance(value, bool):
+        raise _Bad(BAD_TIMESTAMP, "timestamp is a boolean")
+    if isinstance(value, (int, float)):
+        secs = float(value)
+        if not math.isfinite(secs):
+            raise _Bad(BAD_TIMESTAMP, f"timestamp {value!r} is not finite")
+        if secs > _EPOCH_MS_CUTOFF:
+            secs /= 1000.0
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        except ValueError:
+            raise _Bad(BAD_TIMESTAMP, f"{value[:40]!r} is not ISO-8601") from None
+        secs = (dt if dt.tzinfo else dt.replace(tzinfo=_UTC)).timestamp()
+    else:
+        raise _Bad(BAD_TIMESTAMP, f"timestamp of type {type(value).__name__}")
+    if secs < _MIN_TS:
+        raise _Bad(BAD_TIMESTAMP, f"timestamp {value!r} is before 2000-01-01")
+    if received_at and secs > received_at + limits.max_future_s:
+        ahead = secs - received_at
+        raise _Bad(FUTURE_TIMESTAMP, f"event time is {ahead:.0f} s after receive time")
+    return datetime.fromtimestamp(secs, _UTC)
+
+
+def _values(value: Any, limits: ParseLimits) -> dict[str, float | None]:
+    if not isinstance(value, dict) or not value:
+        raise _Bad(MISSING_VALUES, "values must be a non-empty object of numbers")
+    if len(value) > limits.max_values:
+        raise _Bad(TOO_MANY_VALUES, f"{len(value)} fields > limit {limits.max_values}")
+    out: dict[str, float | None] = {}
+    for key, v in value.items():
+        tv = type(v)
+        if tv is float or tv is int:
+            f = float(v)
+            if f - f != 0.0:  # NaN or +-inf
+                raise _Bad(NON_FINITE_VALUE, f"{key}={v!r}")
+            out[key] = f
+        elif v is None:
+            out[key] = None
+        else:
+            raise _Bad(NON_NUMERIC_VALUE, f"{str(key)[:40]}={str(v)[:40]!r} is not a number")
+    return out
+
+
+def _topic_sensor(origin: str) -> str | None:
+    """``.../sensors/<id>/readings`` names the sensor; anything else names none."""
+    if origin.endswith("/readings"):
+        parts = origin.split("/")
+        if len(parts) >= 3 and parts[-3] == "sensors" and parts[-2]:
+            return parts[-2]
+    return None
+
+
+def _json_reason(raw: bytes) -> str:
+    """Tell NaN/Infinity literals (valid for Python, not JSON) from plain garbage."""
+    try:
+        json.loads(raw, parse_constant=_reject_constant)
+    except _Bad:
+        return NON_FINITE_VALUE
+    except (ValueError, RecursionError):
+        return MALFORMED_JSON
+    return MALFORMED_JSON
+
+
+def _reject_constant(name: str) -> float:
+    raise _Bad(NON_FINITE_VALUE, name)
+
+
+@dataclass(frozen=True)
+class ParseOut:
+    """The two streams ``parse`` splits into."""
+
+    oks: Stream[Reading]
+    """Well-formed readings."""
+    errs: Stream[Invalid]
+    """Messages that could not become readings, each with a reason."""
+
+
+@operator
+def parse(
+    step_id: str,
+    up: Stream[RawMessage],
+    limits: ParseLimits = ParseLimits(),  # noqa: B008 - frozen, shared default
+) -> ParseOut:
+    """Parse raw messages into readings, routing anything malformed to ``errs``.
+
+    Args:
+        step_id: Unique ID.
+        up: Raw messages ``(origin, payload, received_at)`` from a source.
+        limits: Size, count and clock-skew limits.
+
+    Returns:
+        ``oks`` with :class:`Reading` records and ``errs`` with :class:`Invalid` ones.
+    """
+
+    def parse_batch(batch: list[RawMessage]) -> list[Reading | Invalid]:
+        out: list[Reading | Invalid] = []
+        for origin, payload, received_at in batch:
+            out.extend(parse_message(origin, payload, received_at, limits))
+        return out
+
+    parsed = op.flat_map_batch("parse", up, parse_batch)
+    split = op.branch("split", parsed, _is_reading)
+    return ParseOut(split.trues, cast("Stream[Invalid]", split.falses))
+
+
+def _is_reading(item: Reading | Invalid) -> TypeGuard[Reading]:
+    return type(item) is Reading

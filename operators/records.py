@@ -1,0 +1,201 @@
+"""The records that flow between edgewatch operators.
+
+Sources yield raw messages (:data:`RawMessage`); the ``parse`` operator turns them into
+:class:`Reading` records or :class:`Invalid` ones; scoring produces :class:`Scored`
+records and ``to_alert`` turns exceedances into :class:`Alert` records. All records are
+frozen, slotted dataclasses with tz-aware UTC datetimes.
+
+>>> from datetime import datetime, timezone
+>>> r = Reading("42", datetime(2024, 4, 1, tzinfo=timezone.utc), {"pm1.0_cf_1": 3.5}, "sim")
+>>> r.sensor_id, r.values["pm1.0_cf_1"], r.imputed
+('42', 3.5, ())
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "ALERT_SCHEMA_VERSION",
+    "Alert",
+    "Invalid",
+    "RawMessage",
+    "Reading",
+    "Scored",
+    "alert_id",
+]
+
+RawMessage = tuple[str, bytes | dict[str, Any], float]
+"""What every source yields: ``(origin, payload, received_at)``.
+
+``origin`` is where the message came from (an MQTT topic such as
+``sensors/<id>/readings``, ``purpleair``, or ``path:line`` for files); ``payload`` is the
+undecoded bytes or an already-decoded mapping; ``received_at`` is the receive time in
+seconds since the epoch.
+"""
+
+ALERT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sensor's measurements at one event time.
+
+    Attributes:
+        sensor_id: The sensor's id (always a ``str``; PurpleAir indexes are converted).
+        ts: Event time, tz-aware UTC.
+        values: Field name to value; ``None`` marks a missing value.
+        source: Where the reading came from (the raw message's origin).
+        imputed: Names of the fields the ``impute`` operator filled in.
+        received_at: Receive time in seconds since the epoch (for lag metrics).
+    """
+
+    sensor_id: str
+    ts: datetime
+    values: dict[str, float | None]
+    source: str
+    imputed: tuple[str, ...] = ()
+    received_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A reading with one detector's anomaly score.
+
+    Attributes:
+        reading: The scored reading.
+        detector: Detector name, e.g. ``"hst"``.
+        score: Anomaly score; for HST in ``[0, 1]``, higher is more anomalous.
+        threshold: The threshold applied by the ``threshold`` operator (``nan`` before).
+        is_anomaly: Whether ``score`` exceeded ``threshold``.
+    """
+
+    reading: Reading
+    detector: str
+    score: float
+    threshold: float = float("nan")
+    is_anomaly: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message that could not become a :class:`Reading`.
+
+    Attributes:
+        reason: A short fixed reason code (a metric label), e.g. ``"malformed_json"``.
+        detail: A human-readable explanation.
+        payload: The original payload (possibly truncated for very large ones).
+        origin: Where the message came from.
+        received_at: Receive time in seconds since the epoch.
+    """
+
+    reason: str
+    detail: str
+    payload: bytes | dict[str, Any]
+    origin: str = ""
+    received_at: float = 0.0
+
+    def to_json(self, flow: str, max_payload: int = 4096) -> bytes:
+        """Serialise for the dead-letter stream (the payload is kept, truncated if huge).
+
+        >>> Invalid("malformed_json", "line 1", b"{oops", "t").to_json("air_quality")
+        b'{"flow":"air_quality","reason":"malformed_json","detail":"line 1","origin":"t",\
+"received_at":0.0,"payload":"{oops","payload_bytes":5,"truncated":false}'
+        """
+        raw = self.payload if isinstance(self.payload, bytes) else _dumps_lenient(self.payload)
+        text = raw[:max_payload].decode("utf-8", errors="replace")
+        return orjson.dumps(
+            {
+                "flow": flow,
+                "reason": self.reason,
+                "detail": self.detail,
+                "origin": self.origin,
+                "received_at": self.received_at,
+                "payload": text,
+                "payload_bytes": len(raw),
+                "truncated": len(raw) > max_payload,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An anomaly alert (JSON schema version 1).
+
+    Attributes:
+        alert_id: Deterministic id from flow, sensor, detector and event time, so a replay
+            after a crash produces the same id and consumers can dedupe on it.
+        sensor_id: The sensor that alerted.
+        flow: The dataflow that produced it, e.g. ``"air_quality"``.
+        detector: The deciding detector (``"hst"``, or ``"ensemble"`` for votes).
+        score: The anomaly score.
+        threshold: The threshold the score exceeded.
+        ts: Event time of the reading.
+        detected_at: Wall-clock time the alert was made.
+        values: The reading's values (after imputation).
+        votes: Per-detector scores that took part in the decision.
+        severity: ``"warning"`` or ``"critical"``.
+        imputed: Fields of the reading that were imputed.
+    """
+
+    alert_id: str
+    sensor_id: str
+    flow: str
+    detector: str
+    score: float
+    threshold: float
+    ts: datetime
+    detected_at: datetime
+    values: dict[str, float | None]
+    votes: dict[str, float] = field(default_factory=dict)
+    severity: str = "warning"
+    imputed: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The alert as a JSON-ready mapping (schema version 1)."""
+        return {
+            "schema": ALERT_SCHEMA_VERSION,
+            "alert_id": self.alert_id,
+            "sensor_id": self.sensor_id,
+            "flow": self.flow,
+            "detector": self.detector,
+            "score": self.score,
+            "threshold": self.threshold,
+            "ts": self.ts.isoformat(),
+            "detected_at": self.detected_at.isoformat(),
+            "values": self.values,
+            "votes": self.votes,
+            "severity": self.severity,
+            "imputed": list(self.imputed),
+        }
+
+    def to_json(self) -> bytes:
+        """Serialise with orjson (one line, no trailing newline)."""
+        return orjson.dumps(self.to_dict())
+
+
+def alert_id(flow: str, sensor_id: str, detector: str, ts: datetime) -> str:
+    """Deterministic alert id: the same inputs always give the same 24-hex-digit id.
+
+    >>> from datetime import datetime, timezone
+    >>> t = datetime(2024, 4, 1, 12, tzinfo=timezone.utc)
+    >>> alert_id("air_quality", "7", "hst", t) == alert_id("air_quality", "7", "hst", t)
+    True
+    >>> len(alert_id("air_quality", "7", "hst", t))
+    24
+    """
+    key = f"{flow}\x1f{sensor_id}\x1f{detector}\x1f{ts.isoformat()}".encode()
+    return hashlib.blake2b(key, digest_size=12).hexdigest()
+
+
+def _dumps_lenient(obj: dict[str, Any]) -> bytes:
+    """JSON for a payload mapping that may hold NaN or odd types (dead-letter only)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS, default=repr)
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(obj).encode("utf-8", errors="replace")

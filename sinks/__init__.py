@@ -1,0 +1,1 @@
+"""Bytewax output connectors: alerts, dead letters and metrics."""

@@ -108,6 +108,9 @@ class ParseLimits:
     max_array_items: int = 100_000
 
 
+DEFAULT_LIMITS = ParseLimits()
+
+
 class _Bad(Exception):
     """Internal: carries a reason and detail out of the nested checks."""
 
@@ -121,7 +124,7 @@ def parse_message(
     origin: str,
     payload: bytes | Mapping[str, Any],
     received_at: float,
-    limits: ParseLimits = ParseLimits(),  # noqa: B008 - frozen, shared default
+    limits: ParseLimits = DEFAULT_LIMITS,
 ) -> list[Reading | Invalid]:
     """Parse one raw message into readings and invalid records (never raises)."""
     raw: bytes | dict[str, Any]
@@ -309,7 +312,7 @@ class ParseOut:
 def parse(
     step_id: str,
     up: Stream[RawMessage],
-    limits: ParseLimits = ParseLimits(),  # noqa: B008 - frozen, shared default
+    limits: ParseLimits = DEFAULT_LIMITS,
 ) -> ParseOut:
     """Parse raw messages into readings, routing anything malformed to ``errs``.
 

@@ -30,6 +30,7 @@ __all__ = [
     "InvalidMetricsSink",
     "Metrics",
     "ScoreMetricsSink",
+    "counter_values",
     "metrics",
 ]
 
@@ -139,3 +140,13 @@ class InvalidMetricsSink(CallbackSink[InvalidLike]):
 
     def __init__(self, flow: str) -> None:
         super().__init__(partial(_count_invalid, flow))
+
+
+def counter_values(counter: Counter) -> dict[tuple[str, ...], float]:
+    """Current ``_total`` values of a labelled counter, by label values."""
+    out: dict[tuple[str, ...], float] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                out[tuple(sample.labels.values())] = sample.value
+    return out

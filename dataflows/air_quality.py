@@ -1,0 +1,141 @@
+"""Air quality: PurpleAir-shaped readings → impute → Half-Space Trees → alerts.
+
+Run it with ``python -m bytewax.run dataflows.air_quality:flow`` (configured by
+``EDGEWATCH_*`` variables, see :mod:`dataflows.settings`) or ``edgewatch run``.
+
+The flow::
+
+    input ─► parse ─┬─► key by sensor ─► impute ─► score (HST) ─► threshold ─┬─► to_alert ─► alerts
+                    │                                                        └─► metrics
+                    └─► invalid ─► dead-letter file + metrics
+
+In ``per-sensor`` mode every sensor has its own model (what a fleet needs); in ``fleet``
+mode one model spans all sensors (for a cross-sectional snapshot such as the PurpleAir
+``/v1/sensors`` response). ``flow`` is built on first access, from the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import KeyedStream
+
+from dataflows.inputs import build_source
+from dataflows.settings import Settings
+from models.halfspace import HalfSpaceTrees
+from operators.alert import to_alert
+from operators.impute import impute
+from operators.parse import ParseLimits, parse
+from operators.records import Alert, Invalid, RawMessage, Reading, Scored
+from operators.score import score
+from operators.threshold import threshold
+from sinks.jsonl import JSONLinesSink
+from sinks.memory import CallbackSink
+from sinks.metrics import AlertMetricsSink, InvalidMetricsSink, ScoreMetricsSink
+
+__all__ = ["FLOW_NAME", "build_flow", "hst_factory"]
+
+FLOW_NAME = "air_quality"
+FLEET_KEY = "fleet"
+
+
+def hst_factory(settings: Settings) -> Callable[[], HalfSpaceTrees]:
+    """A builder of fresh Half-Space Trees as the settings describe."""
+
+    def new() -> HalfSpaceTrees:
+        return HalfSpaceTrees(
+            n_trees=settings.hst_trees,
+            height=settings.hst_height,
+            window_size=settings.hst_window,
+            limits=settings.hst_limits,
+            seed=settings.hst_seed,
+            features=settings.hst_features,
+        )
+
+    return new
+
+
+def build_flow(
+    settings: Settings,
+    *,
+    source: Source[RawMessage] | None = None,
+    on_alerts: Callable[[list[Alert]], None] | None = None,
+    on_scored: Callable[[list[tuple[str, Scored]]], None] | None = None,
+) -> Dataflow:
+    """Build the air-quality dataflow.
+
+    Args:
+        settings: Source, model, threshold and output settings.
+        source: Read from this instead of the source the settings name.
+        on_alerts: Also hand every batch of alerts to this callable (the CLI uses it).
+        on_scored: Also hand every batch of ``(key, Scored)`` to this callable.
+
+    Returns:
+        The dataflow, ready for ``bytewax.run``.
+    """
+    idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
+    flow = Dataflow(FLOW_NAME)
+    raw = op.input("input", flow, source or build_source(settings))
+    limits = ParseLimits(
+        max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
+    )
+    parsed = parse("parse", raw, limits)
+
+    by_sensor = settings.impute_scope == "sensor"
+    keyed: KeyedStream[Reading] = op.key_on("key", parsed.oks, _key(by_sensor))
+    imputed = impute("impute", keyed, settings.impute_fields, idle)
+    if by_sensor != (settings.mode == "per-sensor"):
+        unkeyed = op.map("unkey", imputed, _value)
+        imputed = op.key_on("rekey", unkeyed, _key(settings.mode == "per-sensor"))
+    scored = score("score", imputed, "hst", settings.hst_features, hst_factory(settings), idle)
+    judged = threshold("threshold", scored, settings.threshold)
+    alerts = to_alert("to_alert", judged, FLOW_NAME)
+
+    if settings.alerts_path:
+        op.output("alerts_out", op.map("alert_json", alerts, Alert.to_json),
+                  JSONLinesSink(settings.alerts_path))  # fmt: skip
+    op.output("alert_metrics", alerts, AlertMetricsSink(FLOW_NAME))
+    op.output("score_metrics", judged, ScoreMetricsSink(FLOW_NAME))
+    dead = op.map("deadletter_json", parsed.errs, _deadletter_line)
+    op.output("deadletter_out", dead, JSONLinesSink(settings.deadletter_path))
+    op.output("invalid_metrics", parsed.errs, InvalidMetricsSink(FLOW_NAME))
+    if on_alerts is not None:
+        op.output("alerts_cb", alerts, CallbackSink(on_alerts))
+    if on_scored is not None:
+        op.output("scored_cb", judged, CallbackSink(on_scored))
+    return flow
+
+
+def _key(by_sensor: bool) -> Callable[[Reading], str]:
+    return _sensor_key if by_sensor else _fleet_key
+
+
+def _sensor_key(r: Reading) -> str:
+    return r.sensor_id
+
+
+def _fleet_key(_: Reading) -> str:
+    return FLEET_KEY
+
+
+def _value(kv: tuple[str, Reading]) -> Reading:
+    return kv[1]
+
+
+def _deadletter_line(inv: Invalid) -> bytes:
+    return inv.to_json(FLOW_NAME)
+
+
+def __getattr__(name: str) -> Any:
+    """Build ``flow`` lazily (``python -m bytewax.run dataflows.air_quality:flow``)."""
+    if name == "flow":
+        built = build_flow(Settings.load())
+        globals()["flow"] = built
+        return built
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

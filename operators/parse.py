@@ -87,6 +87,9 @@ _EPOCH_MS_CUTOFF = 1e11  # epoch numbers above this are milliseconds
 _MIN_TS = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
 _BAD_ID_CHARS = frozenset("/+#\x00")
 _UTC = timezone.utc
+_CACHE_SIZE = 65_536
+_SID_CACHE: dict[str | int, str] = {}  # raw id -> validated id (valid ids only)
+_TS_CACHE: list[tuple[float, datetime]] = [(math.nan, datetime(2000, 1, 1, tzinfo=_UTC))]
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def _one(
             sid = _sensor_id(obj["sensor_index"], topic_id, limits)
             stamp = obj.get("last_seen") or obj.get("data_time_stamp") or obj.get("time_stamp")
             ts = _timestamp(stamp, received_at, limits)
-            values = _values({k: v for k, v in obj.items() if k not in _PA_META}, limits)
+            values = _values(obj, limits, _PA_META)
         else:
             detail = "expected a sensor_id/values reading or a PurpleAir sensor object"
             raise _Bad(UNKNOWN_FORMAT, detail)
@@ -210,6 +213,12 @@ def _response(
 
 
 def _sensor_id(value: Any, topic_id: str | None, limits: ParseLimits) -> str:
+    sid = _SID_CACHE.get(value) if type(value) in (str, int) else None
+    if sid is not None:
+        if topic_id is not None and sid != topic_id:
+            msg = f"payload names {sid!r}, topic names {topic_id!r}"
+            raise _Bad(SENSOR_ID_MISMATCH, msg)
+        return sid
     if value is None:
         if topic_id is None:
             raise _Bad(MISSING_SENSOR_ID, "no sensor_id in the payload or the topic")
@@ -223,6 +232,9 @@ def _sensor_id(value: Any, topic_id: str | None, limits: ParseLimits) -> str:
         raise _Bad(BAD_SENSOR_ID, f"sensor id {sid[:40]!r} contains / + # or NUL")
     if topic_id is not None and sid != topic_id:
         raise _Bad(SENSOR_ID_MISMATCH, f"payload names {sid!r}, topic names {topic_id!r}")
+    if len(_SID_CACHE) >= _CACHE_SIZE:
+        _SID_CACHE.clear()
+    _SID_CACHE[value] = sid
     return sid
 
 
@@ -246,21 +258,29 @@ def _timestamp(value: Any, received_at: float, limits: ParseLimits) -> datetime:
         secs = (dt if dt.tzinfo else dt.replace(tzinfo=_UTC)).timestamp()
     else:
         raise _Bad(BAD_TIMESTAMP, f"timestamp of type {type(value).__name__}")
-    if secs < _MIN_TS:
-        raise _Bad(BAD_TIMESTAMP, f"timestamp {value!r} is before 2000-01-01")
     if received_at and secs > received_at + limits.max_future_s:
         ahead = secs - received_at
         raise _Bad(FUTURE_TIMESTAMP, f"event time is {ahead:.0f} s after receive time")
-    return datetime.fromtimestamp(secs, _UTC)
+    last_secs, last_dt = _TS_CACHE[0]  # fleets share clock ticks: reuse the datetime
+    if secs == last_secs:
+        return last_dt
+    if secs < _MIN_TS:
+        raise _Bad(BAD_TIMESTAMP, f"timestamp {value!r} is before 2000-01-01")
+    dt = datetime.fromtimestamp(secs, _UTC)
+    _TS_CACHE[0] = (secs, dt)
+    return dt
 
 
-def _values(value: Any, limits: ParseLimits) -> dict[str, float | None]:
-    if not isinstance(value, dict) or not value:
+def _values(
+    value: Any, limits: ParseLimits, skip: frozenset[str] = frozenset()
+) -> dict[str, float | None]:
+    """Numeric fields of ``value`` (``None`` kept), leaving out the ``skip`` keys."""
+    if not isinstance(value, dict):
         raise _Bad(MISSING_VALUES, "values must be a non-empty object of numbers")
-    if len(value) > limits.max_values:
-        raise _Bad(TOO_MANY_VALUES, f"{len(value)} fields > limit {limits.max_values}")
     out: dict[str, float | None] = {}
     for key, v in value.items():
+        if key in skip:
+            continue
         tv = type(v)
         if tv is float or tv is int:
             f = float(v)
@@ -271,6 +291,10 @@ def _values(value: Any, limits: ParseLimits) -> dict[str, float | None]:
             out[key] = None
         else:
             raise _Bad(NON_NUMERIC_VALUE, f"{str(key)[:40]}={str(v)[:40]!r} is not a number")
+    if not out:
+        raise _Bad(MISSING_VALUES, "values must be a non-empty object of numbers")
+    if len(out) > limits.max_values:
+        raise _Bad(TOO_MANY_VALUES, f"{len(out)} fields > limit {limits.max_values}")
     return out
 
 

@@ -22,24 +22,24 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import run_main
-from sources.simulator import Simulator, SimulatorConfig
 
 from dataflows.air_quality import build_flow, hst_factory
 from dataflows.settings import Settings
-from operators.alert import make_alert
+from operators.alert import alerts_of
 from operators.impute import RunningMeanImputer
 from operators.parse import parse_message
 from operators.records import Alert, RawMessage, Reading, Scored
 from operators.score import features_matrix
 from operators.threshold import apply_threshold
 from sinks.memory import CallbackSink
+from sources.simulator import Simulator, SimulatorConfig
 
 __all__ = ["bench_command", "make_events"]
 
@@ -95,7 +95,7 @@ def _run_ours(events: list[RawMessage], settings: Settings, batch: int) -> tuple
 
     flow = build_flow(settings, source=MemorySource(events, batch), on_alerts=collect)
     start = time.perf_counter()
-    run_main(flow)
+    cast(Callable[[Dataflow], None], run_main)(flow)
     return time.perf_counter() - start, alerts
 
 
@@ -129,11 +129,8 @@ def _stages(events: list[RawMessage], settings: Settings, batch: int) -> dict[st
             model = models.get(sid) or models.setdefault(sid, new_model())
             scores = model.score_learn_many(features_matrix(rs, settings.hst_features))
             t4 = clock()
-            judged = [
-                apply_threshold(Scored(r, "hst", s), settings.threshold)
-                for r, s in zip(rs, scores.tolist(), strict=True)
-            ]
-            [make_alert(s, "air_quality", now) for s in judged if s.is_anomaly]
+            alerts_of(apply_threshold(Scored(tuple(rs), "hst", scores), settings.threshold),
+                      "air_quality", now)  # fmt: skip
             t5 = clock()
             spent["impute"] += t3 - t2
             spent["score"] += t4 - t3
@@ -172,7 +169,7 @@ def _river_flow(
 
     flow = Dataflow("air_quality_river_baseline")
     rows = op.map("parse", op.input("input", flow, MemorySource(events, batch)),
-                  lambda m: orjson.loads(m[1]))  # fmt: skip
+                  lambda m: orjson.loads(cast(bytes, m[1])))  # fmt: skip
     keyed = op.key_on("key", rows, lambda row: str(row["sensor_index"]))
     scored = op.stateful_map("detect", keyed, detect)
     alerts = op.filter("alerts", scored, lambda kv: kv[1][1] > settings.threshold)
@@ -190,7 +187,7 @@ def _run_baseline(
 
     flow = _river_flow(events, settings, batch, collect)
     start = time.perf_counter()
-    run_main(flow)
+    cast(Callable[[Dataflow], None], run_main)(flow)
     return time.perf_counter() - start, alerts
 
 

@@ -8,12 +8,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TextIO, cast
 
 from bytewax.run import cli_main
-from sources.simulator import Simulator
 
 from dataflows.air_quality import FLOW_NAME, build_flow
 from dataflows.evaluation import Evaluation, evaluate_alerts
@@ -21,21 +20,23 @@ from dataflows.inputs import simulator_config
 from dataflows.settings import Settings
 from operators.records import Alert
 from sinks.metrics import counter_values, metrics
+from sources.simulator import Simulator
 
 __all__ = ["format_alert", "run_command"]
 
 
-def format_alert(a: Alert) -> str:
-    """One readable line per alert.
+def format_alert(a: Alert, fields: Sequence[str] = ()) -> str:
+    """One readable line per alert, showing ``fields`` (the scored ones) when present.
 
     >>> from datetime import datetime, timezone
     >>> t = datetime(2024, 4, 1, 3, 14, tzinfo=timezone.utc)
     >>> a = Alert("id", "1007", "air_quality", "hst", 0.912, 0.7, t, t, {"pm1.0_cf_1": 412.3},
     ...           severity="critical")
-    >>> format_alert(a)
-    '2024-04-01 03:14:00Z  sensor 1007    hst 0.912 > 0.70  critical  pm1.0_cf_1=412.3'
+    >>> format_alert(a, ["pm1.0_cf_1"])
+    '2024-04-01 03:14:00Z  sensor 1007   hst 0.912 > 0.70  critical  pm1.0_cf_1=412.3'
     """
-    shown = ", ".join(f"{k}={v:g}" for k, v in list(a.values.items())[:3] if v is not None)
+    keys = [f for f in fields if f in a.values] or list(a.values)[:3]
+    shown = ", ".join(f"{k}={a.values[k]:g}" for k in keys if a.values[k] is not None)
     when = a.ts.strftime("%Y-%m-%d %H:%M:%SZ")
     return (
         f"{when}  sensor {a.sensor_id:<6} {a.detector} {a.score:.3f} > {a.threshold:.2f}  "
@@ -49,6 +50,7 @@ class _Collector:
 
     max_print: int
     out: TextIO
+    fields: Sequence[str]
     alerts: list[Alert] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,7 +58,7 @@ class _Collector:
         with self.lock:
             for a in batch:
                 if len(self.alerts) < self.max_print:
-                    self.out.write(format_alert(a) + "\n")
+                    self.out.write(format_alert(a, self.fields) + "\n")
                 self.alerts.append(a)
             self.out.flush()
 
@@ -85,7 +87,7 @@ def run_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
     out = sys.stdout
     out.write(f"edgewatch run: {FLOW_NAME} flow on {_describe(settings)}\n")
-    collect = _Collector(max(args.max_print, 0), out)
+    collect = _Collector(max(args.max_print, 0), out, settings.hst_features)
     flow = build_flow(settings, on_alerts=collect)
     before = _counts()
     stop = threading.Event()
@@ -94,7 +96,7 @@ def run_command(args: argparse.Namespace) -> int:
         ticker.start()
     start = time.perf_counter()
     try:
-        cli_main(flow, workers_per_process=max(args.workers, 1))
+        cast(Callable[..., None], cli_main)(flow, workers_per_process=max(args.workers, 1))
     finally:
         stop.set()
     wall = time.perf_counter() - start

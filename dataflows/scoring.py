@@ -42,7 +42,7 @@ def estimate_limits(
     """Per-feature ``(low, high)`` from data, widened by ``pad`` × span on each side.
 
     >>> estimate_limits(np.array([[0.0, 5.0], [10.0, 5.0]]), ["a", "b"])
-    {'a': (-5.0, 15.0), 'b': (4.5, 5.5)}
+    {'a': (-5.0, 15.0), 'b': (2.5, 7.5)}
     """
     out = {}
     for j, name in enumerate(features):

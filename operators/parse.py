@@ -10,6 +10,8 @@ Accepted payloads (bytes holding JSON, or an already-decoded mapping):
 * PurpleAir single-sensor JSON ``{"data_time_stamp": ..., "sensor": {...}}``;
 * a JSON array of any of the above.
 
+Values keep their JSON number type (an ``int`` stays an ``int``); ``null`` is ``None``.
+
 Everything else becomes an :class:`Invalid` with one reason from :data:`REASONS`; nothing
 raises. For an MQTT topic ``.../sensors/<id>/readings`` the topic names the sensor, and a
 payload that names another sensor is refused (``sensor_id_mismatch``).
@@ -17,7 +19,7 @@ payload that names another sensor is refused (``sensor_id_mismatch``).
 >>> from operators.records import Reading
 >>> r = parse_message("t", b'{"sensor_id": "a1", "ts": 1711929600, "values": {"pm": 3}}', 0.0)
 >>> [(x.sensor_id, x.ts.isoformat(), x.values) for x in r]
-[('a1', '2024-04-01T00:00:00+00:00', {'pm': 3.0})]
+[('a1', '2024-04-01T00:00:00+00:00', {'pm': 3})]
 >>> [x.reason for x in parse_message("t", b'{"sensor_id": "a1"', 0.0)]
 ['malformed_json']
 """
@@ -87,6 +89,7 @@ _EPOCH_MS_CUTOFF = 1e11  # epoch numbers above this are milliseconds
 _MIN_TS = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
 _BAD_ID_CHARS = frozenset("/+#\x00")
 _UTC = timezone.utc
+_NUMBER_TYPES = frozenset({int, float})
 _CACHE_SIZE = 65_536
 _SID_CACHE: dict[str | int, str] = {}  # raw id -> validated id (valid ids only)
 _TS_CACHE: list[tuple[float, datetime]] = [(math.nan, datetime(2000, 1, 1, tzinfo=_UTC))]
@@ -275,26 +278,40 @@ def _values(
     value: Any, limits: ParseLimits, skip: frozenset[str] = frozenset()
 ) -> dict[str, float | None]:
     """Numeric fields of ``value`` (``None`` kept), leaving out the ``skip`` keys."""
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise _Bad(MISSING_VALUES, "values must be a non-empty object of numbers")
+    vals = {k: v for k, v in value.items() if k not in skip} if skip else value
+    if not vals:
+        raise _Bad(MISSING_VALUES, "values must be a non-empty object of numbers")
+    if len(vals) > limits.max_values:
+        raise _Bad(TOO_MANY_VALUES, f"{len(vals)} fields > limit {limits.max_values}")
+    numbers = vals.values()
+    try:  # fast path, all in C: only ints and finite floats
+        if set(map(type, numbers)) <= _NUMBER_TYPES and all(map(math.isfinite, numbers)):
+            return vals
+    except OverflowError:  # an int beyond float range
+        pass
+    return _checked(vals)
+
+
+def _checked(vals: dict[Any, Any]) -> dict[str, float | None]:
+    """The slow path: find the first bad value and say what is wrong with it."""
     out: dict[str, float | None] = {}
-    for key, v in value.items():
-        if key in skip:
-            continue
-        tv = type(v)
-        if tv is float or tv is int:
-            f = float(v)
-            if f - f != 0.0:  # NaN or +-inf
-                raise _Bad(NON_FINITE_VALUE, f"{key}={v!r}")
-            out[key] = f
-        elif v is None:
+    for key, v in vals.items():
+        if type(key) is not str:
+            raise _Bad(NON_NUMERIC_VALUE, f"field name {str(key)[:40]!r} is not a string")
+        if v is None:
             out[key] = None
+        elif type(v) is float or type(v) is int:
+            try:
+                f = float(v)
+            except OverflowError:
+                f = math.inf
+            if not math.isfinite(f):
+                raise _Bad(NON_FINITE_VALUE, f"{key[:40]}={str(v)[:40]} is not finite")
+            out[key] = v
         else:
-            raise _Bad(NON_NUMERIC_VALUE, f"{str(key)[:40]}={str(v)[:40]!r} is not a number")
-    if not out:
-        raise _Bad(MISSING_VALUES, "values must be a non-empty object of numbers")
-    if len(out) > limits.max_values:
-        raise _Bad(TOO_MANY_VALUES, f"{len(out)} fields > limit {limits.max_values}")
+            raise _Bad(NON_NUMERIC_VALUE, f"{key[:40]}={str(v)[:40]!r} is not a number")
     return out
 
 

@@ -14,10 +14,13 @@ frozen, slotted dataclasses with tz-aware UTC datetimes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 __all__ = [
@@ -63,23 +66,35 @@ class Reading:
     received_at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Scored:
-    """A reading with one detector's anomaly score.
+    """One detector's scores for a run of one key's readings, in order (a batch record).
+
+    Scoring is vectorised per batch, so a :class:`Scored` carries the whole batch: the
+    readings, a ``float64`` array of scores and, once the ``threshold`` operator has run,
+    the per-reading thresholds and a boolean ``flags`` array (``score > threshold``).
 
     Attributes:
-        reading: The scored reading.
+        readings: The scored readings, all of one key, in arrival order.
         detector: Detector name, e.g. ``"hst"``.
-        score: Anomaly score; for HST in ``[0, 1]``, higher is more anomalous.
-        threshold: The threshold applied by the ``threshold`` operator (``nan`` before).
-        is_anomaly: Whether ``score`` exceeded ``threshold``.
+        scores: Anomaly scores, one per reading; for HST in ``[0, 1]``, higher is worse.
+        thresholds: Per-reading thresholds (``None`` before thresholding).
+        flags: Per-reading anomaly decisions (``None`` before thresholding).
     """
 
-    reading: Reading
+    readings: tuple[Reading, ...]
     detector: str
-    score: float
-    threshold: float = float("nan")
-    is_anomaly: bool = False
+    scores: npt.NDArray[np.float64]
+    thresholds: npt.NDArray[np.float64] | None = None
+    flags: npt.NDArray[np.bool_] | None = None
+
+    def __len__(self) -> int:
+        return len(self.readings)
+
+    def rows(self) -> Iterator[tuple[Reading, float, bool]]:
+        """``(reading, score, is_anomaly)`` per reading (``False`` before thresholding)."""
+        flags = self.flags.tolist() if self.flags is not None else [False] * len(self)
+        return zip(self.readings, self.scores.tolist(), flags, strict=True)
 
 
 @dataclass(frozen=True, slots=True)

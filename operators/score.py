@@ -66,8 +66,7 @@ class _ScoreLogic(IdleEvictingLogic[Reading, Scored, bytes]):
 
     def process(self, values: list[Reading]) -> list[Scored]:
         scores = self._model.score_learn_many(features_matrix(values, self._features))
-        name = self._detector
-        return [Scored(r, name, s) for r, s in zip(values, scores.tolist(), strict=True)]
+        return [Scored(tuple(values), self._detector, scores)]
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self._model, protocol=pickle.HIGHEST_PROTOCOL)
@@ -93,7 +92,7 @@ def score(
         idle_timeout: Drop a key's model after this much wall time without readings.
 
     Returns:
-        One :class:`Scored` per reading, keyed like ``up``.
+        One :class:`Scored` batch per key and Bytewax batch, keyed like ``up``.
     """
     names = tuple(features)
 

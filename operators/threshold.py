@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
@@ -12,15 +13,15 @@ __all__ = ["apply_threshold", "threshold"]
 
 
 def apply_threshold(s: Scored, value: float) -> Scored:
-    """Return ``s`` with the threshold set and ``is_anomaly = score > value``.
+    """Return ``s`` with thresholds set and ``flags = scores > value`` (vectorised).
 
     >>> from datetime import datetime, timezone
     >>> from operators.records import Reading
     >>> r = Reading("s", datetime(2024, 1, 1, tzinfo=timezone.utc), {}, "x")
-    >>> apply_threshold(Scored(r, "hst", 0.71), 0.7).is_anomaly
-    True
+    >>> apply_threshold(Scored((r, r), "hst", np.array([0.7, 0.71])), 0.7).flags.tolist()
+    [False, True]
     """
-    return Scored(s.reading, s.detector, s.score, value, s.score > value)
+    return Scored(s.readings, s.detector, s.scores, np.full(len(s), value), s.scores > value)
 
 
 @operator

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -41,10 +42,10 @@ class _ReadingLike(Protocol):
 
 
 class ScoredLike(Protocol):
-    """What the score sink reads of a scored reading."""
+    """What the score sink reads of a scored batch."""
 
     @property
-    def reading(self) -> _ReadingLike: ...
+    def readings(self) -> Sequence[_ReadingLike]: ...
     @property
     def detector(self) -> str: ...
 
@@ -103,9 +104,12 @@ def metrics() -> Metrics:
 
 def _count_scored(flow: str, items: list[tuple[str, ScoredLike]]) -> None:
     m = metrics()
-    for det, n in Tally(s.detector for _, s in items).items():
+    events: Tally[str] = Tally()
+    for _, s in items:
+        events[s.detector] += len(s.readings)
+    for det, n in events.items():
         m.events.labels(flow, det).inc(n)
-    for name, n in Tally(f for _, s in items for f in s.reading.imputed).items():
+    for name, n in Tally(f for _, s in items for r in s.readings for f in r.imputed).items():
         m.imputed.labels(flow, name).inc(n)
 
 
@@ -122,7 +126,7 @@ def _count_invalid(flow: str, items: list[InvalidLike]) -> None:
 
 
 class ScoreMetricsSink(CallbackSink[tuple[str, ScoredLike]]):
-    """Counts scored readings and imputed values; takes ``(key, Scored)`` items."""
+    """Counts scored readings and imputed values; takes ``(key, Scored batch)`` items."""
 
     def __init__(self, flow: str) -> None:
         super().__init__(partial(_count_scored, flow))

@@ -3,10 +3,11 @@ from __future__ import annotations
 import pickle
 from datetime import datetime, timezone
 
+import numpy as np
 import orjson
 import pytest
 
-from operators.alert import make_alert, severity
+from operators.alert import alerts_of, make_alert, severity
 from operators.records import Alert, Reading, Scored, alert_id
 from operators.threshold import apply_threshold
 
@@ -33,8 +34,8 @@ def test_alert_id_is_deterministic_and_discriminating() -> None:
 
 
 def test_alert_json_schema_v1() -> None:
-    s = apply_threshold(Scored(Reading("s1", T, {"pm": 900.0}, "sim", ("t",)), "hst", 0.93), 0.7)
-    a = make_alert(s, "air_quality", T)
+    r = Reading("s1", T, {"pm": 900.0}, "sim", ("t",))
+    a = make_alert(r, "hst", 0.93, 0.7, "air_quality", T)
     doc = orjson.loads(a.to_json())
     assert set(doc) == {
         "schema",
@@ -57,8 +58,20 @@ def test_alert_json_schema_v1() -> None:
     assert isinstance(a, Alert) and a.imputed == ("t",)
 
 
-def test_threshold_is_strict_and_severity_splits_the_range() -> None:
-    r = Reading("s", T, {}, "x")
-    assert not apply_threshold(Scored(r, "hst", 0.7), 0.7).is_anomaly
-    assert apply_threshold(Scored(r, "hst", 0.7000001), 0.7).is_anomaly
+def test_threshold_is_strict_and_alerts_follow_flags() -> None:
+    rs = tuple(Reading("s", T.replace(minute=i), {"pm": float(i)}, "x") for i in range(4))
+    s = apply_threshold(Scored(rs, "hst", np.array([0.7, 0.7000001, 0.2, 0.99])), 0.7)
+    assert s.flags is not None and s.flags.tolist() == [False, True, False, True]
+    assert [(r.ts.minute, flag) for r, _, flag in s.rows()] == [
+        (0, False),
+        (1, True),
+        (2, False),
+        (3, True),
+    ]
+    alerts = alerts_of(s, "air_quality", T)
+    assert [(a.ts.minute, a.severity, a.threshold) for a in alerts] == [
+        (1, "warning", 0.7),
+        (3, "critical", 0.7),
+    ]
+    assert alerts_of(Scored(rs, "hst", np.ones(4)), "air_quality", T) == []  # not thresholded
     assert severity(0.84, 0.7) == "warning" and severity(0.85, 0.7) == "critical"

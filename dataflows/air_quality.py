@@ -30,6 +30,7 @@ from dataflows.settings import Settings
 from models.halfspace import HalfSpaceTrees
 from operators.alert import to_alert
 from operators.impute import impute
+from operators.keyed import key_batched
 from operators.parse import ParseLimits, parse
 from operators.records import Alert, Invalid, RawMessage, Reading, Scored
 from operators.score import score
@@ -87,11 +88,11 @@ def build_flow(
     parsed = parse("parse", raw, limits)
 
     by_sensor = settings.impute_scope == "sensor"
-    keyed: KeyedStream[Reading] = op.key_on("key", parsed.oks, _key(by_sensor))
+    keyed: KeyedStream[Reading] = key_batched("key", parsed.oks, _key(by_sensor))
     imputed = impute("impute", keyed, settings.impute_fields, idle)
     if by_sensor != (settings.mode == "per-sensor"):
         unkeyed = op.map("unkey", imputed, _value)
-        imputed = op.key_on("rekey", unkeyed, _key(settings.mode == "per-sensor"))
+        imputed = key_batched("rekey", unkeyed, _key(settings.mode == "per-sensor"))
     scored = score("score", imputed, "hst", settings.hst_features, hst_factory(settings), idle)
     judged = threshold("threshold", scored, settings.threshold)
     alerts = to_alert("to_alert", judged, FLOW_NAME)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Generic, TypeVar
 
-from bytewax.operators import StatefulBatchLogic
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-__all__ = ["IdleEvictingLogic"]
+__all__ = ["IdleEvictingLogic", "key_batched"]
 
 V = TypeVar("V")
 W = TypeVar("W")
@@ -45,3 +47,21 @@ class IdleEvictingLogic(StatefulBatchLogic[V, W, S], Generic[V, W, S]):
     def notify_at(self) -> datetime | None:
         """When this key's state expires (``None``: never)."""
         return self._expires
+
+
+X = TypeVar("X")
+
+
+@operator
+def key_batched(step_id: str, up: Stream[X], key: Callable[[X], str]) -> KeyedStream[X]:
+    """Like ``op.key_on``, but one Python call per batch instead of one per item.
+
+    Args:
+        step_id: Unique ID.
+        up: Items to key.
+        key: Returns an item's key (a ``str``).
+
+    Returns:
+        ``(key, item)`` pairs.
+    """
+    return op.flat_map_batch("key", up, lambda batch: [(key(x), x) for x in batch])

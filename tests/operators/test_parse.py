@@ -127,6 +127,18 @@ def test_each_bad_input_has_its_reason(payload: bytes | dict, expected: str) -> 
     assert reason(payload) == expected
 
 
+@pytest.mark.parametrize("ts", [10**400, 10**17, -(10**400), 1e300, 253402300800 * 1000 * 10])
+def test_absurd_timestamps_are_refused_offline_too(ts: float) -> None:
+    out = parse_message("t", {"sensor_id": "a", "ts": ts, "values": {"x": 1}}, 0.0)
+    assert isinstance(out[0], Invalid) and out[0].reason == "bad_timestamp"
+
+
+def test_huge_integer_value_is_not_finite() -> None:
+    assert reason({"sensor_id": "a", "ts": 1711929600, "values": {"x": 10**400}}) == (
+        "non_finite_value"
+    )
+
+
 def test_size_limits() -> None:
     big = b'{"sensor_id": "a", "ts": 1711929600, "values": {"x": 1}, "pad": "' + b"x" * 2000 + b'"}'
     assert reason(big, max_payload_bytes=1000) == "payload_too_large"

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource
-from sources.files import CSVSource, JSONLSource, nab_source, skab_source
-from sources.purpleair import PurpleAirAPISource, PurpleAirSnapshotSource
-from sources.simulator import SimulatorConfig, SimulatorSource
 
 from dataflows.settings import ConfigError, Settings
 from operators.records import RawMessage
+from sources.files import CSVSource, JSONLSource, nab_source, skab_source
+from sources.purpleair import PurpleAirAPISource, PurpleAirSnapshotSource
+from sources.simulator import SimulatorConfig, SimulatorSource
 
 __all__ = ["build_source", "iter_messages", "simulator_config"]
 

@@ -100,3 +100,23 @@ def test_features_matrix_marks_missing_as_nan() -> None:
     r = [Reading("s", T0, {"a": 1.0, "b": None}, "t"), Reading("s", T0, {"b": 2.0}, "t")]
     m = features_matrix(r, ["a", "b"])
     assert m.shape == (2, 2) and np.isnan(m[0, 1]) and np.isnan(m[1, 0]) and m[1, 1] == 2.0
+
+
+def test_idle_sensor_is_evicted_and_restarts_fresh() -> None:
+    readings = fleet_stream(300, sensors=1, seed=9)
+    items = [*readings[:150], TestingSource.PAUSE(timedelta(seconds=0.5)), *readings[150:]]
+    got: list[tuple[str, Scored]] = []
+    flow = Dataflow("evict_test")
+    keyed = op.key_on(
+        "key", op.input("in", flow, TestingSource(items, batch_size=10)), lambda r: r.sensor_id
+    )
+    scored = score("score", keyed, "hst", ["pm"], new_model, idle_timeout=timedelta(seconds=0.1))
+    op.output("out", scored, TestingSink(got))
+    run_main(flow)
+    scores = [v for _, s in got for _, v, _ in s.rows()]
+    assert len(scores) == 300
+    assert all(v == 0.0 for v in scores[:72]) and any(v > 0 for v in scores[72:150])
+    # after the pause the model was dropped: a fresh first window scores 0 again
+    assert all(v == 0.0 for v in scores[150:222]) and any(v > 0 for v in scores[222:])
+    kept = flow_scores(readings, per_sensor=True)  # without idling, no restart
+    assert any(v > 0 for _, v in kept[150:222])

@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bytewax.errors import BytewaxRuntimeError
+
 from dataflows.settings import SOURCES, ConfigError
 
 __all__ = ["main"]
@@ -148,6 +150,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("edgewatch: interrupted\n")
         return 130
+    except BytewaxRuntimeError as exc:  # the flow stopped: say why, not where in Rust
+        cause = root_cause(exc)
+        sys.stderr.write(f"edgewatch: the flow stopped: {type(cause).__name__}: {cause}\n")
+        return 1
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first exception in a chain that is not Bytewax's wrapper around it.
+
+    >>> try:
+    ...     try:
+    ...         raise KeyError("inner")
+    ...     except KeyError as e:
+    ...         raise BytewaxRuntimeError("in step x") from e
+    ... except RuntimeError as e:
+    ...     root_cause(e)
+    KeyError('inner')
+    """
+    while isinstance(exc, BytewaxRuntimeError):
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
 
 
 if __name__ == "__main__":

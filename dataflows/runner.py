@@ -118,7 +118,8 @@ def _describe(s: Settings) -> str:
             f"the simulator ({s.sim_sensors} sensors, {s.sim_duration_s / 3600:g} h "
             f"at {s.sim_interval_s} s, seed {s.sim_seed}), {s.mode} HST"
         )
-    return f"{s.source} {', '.join(s.source_path)}, {s.mode} HST"
+    where = f" {', '.join(s.source_path)}" if s.source_path else ""
+    return f"{s.source}{where}, {s.mode} HST"
 
 
 _Counts = dict[str, dict[tuple[str, ...], float]]

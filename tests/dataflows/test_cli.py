@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"shared data not found at {DATA}")
 
 
-def edgewatch(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess[str]:
+def edgewatch(
+    *args: str, cwd: Path = ROOT, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dataflows.cli", *args],
         cwd=cwd,
@@ -23,6 +26,7 @@ def edgewatch(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Co
         capture_output=True,
         timeout=300,
         check=check,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -111,3 +115,40 @@ def test_help_teaches() -> None:
     out = edgewatch("--help").stdout
     assert "edgewatch run" in out and "examples" in out
     assert "--format" in edgewatch("score", "--help").stdout
+
+
+def test_bad_purpleair_key_stops_with_a_clear_message() -> None:
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = orjson.dumps(
+                {
+                    "api_version": "V1.0.11",
+                    "time_stamp": 1,
+                    "error": "InvalidApiKeyError",
+                    "description": "The key was not valid.",
+                }
+            )
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "EDGEWATCH_PURPLEAIR_API_KEY": "wrong",
+            "EDGEWATCH_PURPLEAIR_API_URL": f"http://127.0.0.1:{server.server_port}",
+        }
+        done = edgewatch("run", "--source", "purpleair-api", check=False, env=env)
+    finally:
+        server.shutdown()
+    assert done.returncode == 1
+    assert "the flow stopped: PurpleAirAPIError" in done.stderr
+    assert "InvalidApiKeyError" in done.stderr and "check the API read key" in done.stderr

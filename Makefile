@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit venv clean
+.PHONY: run test bench lint typecheck unit venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(STAMP)
 
 run: $(STAMP)  ## run the default air-quality flow on the built-in simulator
 	$(BIN)/edgewatch run
+
+bench: $(STAMP)  ## throughput of the air-quality flow vs the River + stateful_map baseline
+	$(BIN)/edgewatch bench --events 200000 --sensors 100 --baseline
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

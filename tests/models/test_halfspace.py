@@ -311,3 +311,73 @@ def test_bad_inputs() -> None:
         model.learn_many(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="empty mapping"):
         HalfSpaceTrees().learn_one({})
+
+
+def with_gaps(X: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A copy of X with a share of its rows missing (never the first: River's features)."""
+    X = X.copy()
+    X[1:][np.random.default_rng(seed).random(len(X) - 1) < share] = np.nan
+    return X
+
+
+def test_streaming_small_batches_with_gaps_match_river() -> None:
+    X = with_gaps(air_stream(50_000, seed=23), 0.02, seed=24)  # what a sensor's stream is
+    expected = river_loop(AIR, dicts(X, [PM]))
+    model = HalfSpaceTrees(**AIR, features=[PM])
+    assert_identical(in_random_batches(model, X, seed=25, most=20), expected)
+
+
+def test_snapshots_between_small_batches_match_river() -> None:
+    X = with_gaps(air_stream(8000, seed=26), 0.02, seed=27)
+    expected = river_loop(AIR, dicts(X, [PM]))
+    rng = np.random.default_rng(28)
+    model = HalfSpaceTrees(**AIR, features=[PM])
+    scores, start = [], 0
+    while start < len(X):
+        stop = start + int(rng.integers(1, 21))
+        scores.append(model.score_learn_many(X[start:stop]))
+        snapshot = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        if rng.random() < 0.5:  # resume from the snapshot, or go on with the pickled model
+            model = pickle.loads(snapshot)
+        start = stop
+    assert_identical(np.concatenate(scores), expected)
+
+
+def test_values_on_and_next_to_thresholds_match_river() -> None:
+    probe = HalfSpaceTrees(**AIR, features=[PM])
+    probe.learn_one({PM: 1.0})
+    assert probe._forest is not None
+    cuts = np.unique(probe._forest.threshold[np.isfinite(probe._forest.threshold)])
+    near = cuts[np.searchsorted(cuts, 20.0) :][:6]  # a few, so that deep nodes get heavy
+    values = np.concatenate([near, np.nextafter(near, -np.inf), [-np.inf, np.inf, 0.0]])
+    X = np.random.default_rng(29).choice(values, (3000, 1))
+    X[0] = 1.0
+    expected = river_loop(AIR, dicts(X, [PM]))
+    model = HalfSpaceTrees(**AIR, features=[PM])
+    assert_identical(in_random_batches(model, X, seed=30, most=40), expected)
+    assert len(np.unique(expected[72:])) > 10
+
+
+def test_one_feature_score_many_reads_without_changing_state() -> None:
+    X = with_gaps(air_stream(500, seed=31), 0.05, seed=32)
+    rows = dicts(X, [PM])
+    river = anomaly.HalfSpaceTrees(**AIR)
+    for x in rows[:300]:
+        river.learn_one(x)
+    model = HalfSpaceTrees(**AIR, features=[PM])
+    model.learn_many(X[:300])
+    before = pickle.dumps(model)
+    probes = X[300:]
+    assert np.isnan(probes).any()
+    assert_identical(model.score_many(probes), [river.score_one(x) for x in rows[300:]])
+    assert pickle.dumps(model) == before
+
+
+@pytest.mark.parametrize("names", [(PM,), XYZ])
+def test_empty_batches_change_nothing(names: tuple[str, ...]) -> None:
+    model = HalfSpaceTrees(n_trees=3, height=4, window_size=5, seed=1, features=names)
+    model.learn_many(np.full((7, len(names)), 0.5))
+    before = pickle.dumps(model)
+    assert model.score_learn_many(np.zeros((0, len(names)))).shape == (0,)
+    assert model.score_many(np.zeros((0, len(names)))).shape == (0,)
+    assert pickle.dumps(model) == before

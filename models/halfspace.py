@@ -44,8 +44,6 @@ key: it fails on ``None`` and sends NaN right.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import functools
 import math
 import pickle
 import random
@@ -56,133 +54,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.hst_forest import Floats, Forest, Indices, Ints, Line, build_forest, descend
+
 __all__ = ["HalfSpaceTrees"]
 
-_PADDING = 0.15  # River's make_padded_tree padding
 _DEFAULT_LIMITS = (0.0, 1.0)
-
-Floats = npt.NDArray[np.float64]
-Indices = npt.NDArray[np.intp]
-Ints = npt.NDArray[np.int64]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Line:
-    """One feature: the values between two cuts reach the same leaves in every tree.
-
-    Interval ``j`` is ``[edges[j], edges[j+1])``, with ``edges`` the sorted distinct
-    thresholds after ``-inf``; those that reach a node are a run ``low <= j < high``.
-    """
-
-    edges: Floats
-    span: Indices  # (2, n_trees * n_nodes): low and high of each node
-    signed: Ints  # (2, n_trees * n_nodes): 2 ** depth of each node, and its opposite
-    inner: Indices  # (2, n_trees * n_inner): low and high of the inner nodes, tree by tree
-    kids: Indices  # (n_trees * n_inner, 2): their children
-
-
-@dataclasses.dataclass(frozen=True)
-class _Forest:
-    """Shared read-only trees, flat: node ``i`` of tree ``t`` sits at ``t * n_nodes + i``."""
-
-    height: int
-    feature: Indices  # column of X tested at each node
-    threshold: Floats  # go left iff value < threshold
-    offset: Indices  # (n_trees,) t * n_nodes
-    parent: Indices  # parent of each node (the root is its own parent)
-    paths: Indices  # (n_trees * n_nodes, height + 1): a leaf's nodes, root first
-    weights: Ints  # 2 ** depth along the paths of all trees
-    nodes: tuple[tuple[int, float], ...]  # (feature, threshold) for plain-Python walks
-    line: _Line | None = None  # with one feature
-
-
-def _descend(forest: _Forest, X: Floats) -> Indices:
-    """Leaf of every (row, tree) for rows without missing values; one gather per level."""
-    if len(X) <= 4:  # plain Python beats numpy's cost per call on a few rows
-        leaves = []
-        for row in X.tolist():
-            for base in forest.offset.tolist():
-                node = base
-                for _ in range(forest.height):
-                    feature, threshold = forest.nodes[node]
-                    node += node - base + 1 + (row[feature] >= threshold)
-                leaves.append(node)
-        return np.array(leaves, dtype=np.intp).reshape(len(X), len(forest.offset))
-    node = np.zeros((len(X), len(forest.offset)), dtype=np.intp)
-    rows = np.arange(len(X))[:, None]
-    for _ in range(forest.height):
-        flat = node + forest.offset
-        right = X[rows, forest.feature[flat]] >= forest.threshold[flat]
-        node *= 2
-        node += 1
-        node += right
-    node += forest.offset
-    return node
-
-
-@functools.lru_cache(maxsize=256)
-def _forest(
-    n_trees: int, height: int, seed: int, columns: tuple[int, ...], limits: tuple[Any, ...]
-) -> _Forest:
-    """Build the trees as River does; ``columns`` and ``limits`` in sorted-name order."""
-    rng = random.Random(seed)
-    n_nodes = 2 ** (height + 1) - 1
-    feature = np.zeros((n_trees, n_nodes), dtype=np.intp)
-    threshold = np.full((n_trees, n_nodes), np.inf)
-    bounds = list(limits)
-    population = range(len(bounds))
-
-    def grow(t: int, node: int, depth: int) -> None:  # River's make_padded_tree, in DFS
-        if depth == height:
-            return
-        on = rng.choices(population, weights=[high - low for low, high in bounds])[0]
-        a, b = bounds[on]
-        at = rng.uniform(a + _PADDING * (b - a), b - _PADDING * (b - a))
-        feature[t, node], threshold[t, node] = columns[on], at
-        bounds[on] = (a, at)
-        grow(t, 2 * node + 1, depth + 1)
-        bounds[on] = (at, b)
-        grow(t, 2 * node + 2, depth + 1)
-        bounds[on] = (a, b)
-
-    for t in range(n_trees):
-        grow(t, 0, 0)
-    offset = np.arange(n_trees, dtype=np.intp) * n_nodes
-    heap = np.arange(1, n_nodes + 1)  # 1-based heap numbers: ancestors by right shifts
-    parent = (np.maximum(heap // 2, 1) - 1) + offset[:, None]
-    paths = np.zeros((n_trees, n_nodes, height + 1), dtype=np.intp)
-    paths[:, n_nodes // 2 :] = (heap[n_nodes // 2 :, None] >> np.arange(height, -1, -1)) - 1
-    paths += offset[:, None, None]
-    weights = np.tile(2 ** np.arange(height + 1, dtype=np.int64), n_trees)
-    feature, threshold = feature.ravel(), threshold.ravel()
-    nodes = tuple(zip(feature.tolist(), threshold.tolist(), strict=True))
-    forest = _Forest(height, feature, threshold, offset, parent.ravel(),
-                     paths.reshape(-1, height + 1), weights, nodes)  # fmt: skip
-    if len(columns) == 1:
-        forest = dataclasses.replace(forest, line=_line(forest, height))
-    for part in (forest, forest.line):
-        for field in dataclasses.fields(part) if part else ():
-            if isinstance(array := getattr(part, field.name), np.ndarray):
-                array.flags.writeable = False
-    return forest
-
-
-def _line(forest: _Forest, height: int) -> _Line:
-    """The intervals between the thresholds of a one-feature forest, and the nodes' runs."""
-    cuts = np.unique(forest.threshold[np.isfinite(forest.threshold)])  # leaves hold inf
-    edges = np.concatenate([[-np.inf], cuts])
-    table = _descend(forest, edges[:, None])  # the leaves of each interval
-    n_inner = 2**height - 1
-    bounds = np.stack([table[:, t].searchsorted(first + np.arange(n_inner + 2))
-                       for t, first in enumerate(forest.offset + n_inner)])  # fmt: skip
-    depth = np.repeat(np.arange(height + 1), 2 ** np.arange(height + 1))
-    first = (np.arange(2 * n_inner + 1) - 2**depth + 1) << (height - depth)  # leaf below
-    span = np.stack([bounds[:, first], bounds[:, first + (1 << (height - depth))]])
-    weight = np.tile(2**depth, len(forest.offset)).astype(np.int64)
-    left = (forest.offset[:, None] + 2 * np.arange(n_inner) + 1).ravel()
-    kids = np.stack([left, left + 1], axis=1)
-    inner = span[:, :, :n_inner].reshape(2, -1)
-    return _Line(edges, span.reshape(2, -1), np.stack([weight, -weight]), inner, kids)
 
 
 class HalfSpaceTrees:
@@ -232,7 +108,7 @@ class HalfSpaceTrees:
         self.seed = seed
         self._features = None if features is None else tuple(features)
         self._seed = seed  # the drawn one when seed is None
-        self._forest: _Forest | None = None
+        self._forest: Forest | None = None
         self._l = np.zeros(0, dtype=np.uint8)  # current-window mass of every node
         self._r = np.zeros(0, dtype=np.uint8)  # last window's, zero below light nodes
         self._counter = 0  # rows learned in this window
@@ -299,7 +175,7 @@ class HalfSpaceTrees:
                 mass = self._r.take(nodes).astype(np.int64)
                 self._refresh(line, nodes, mass, line.span.take(nodes, axis=1))
 
-    def _build(self) -> _Forest:
+    def _build(self) -> Forest:
         """Get the shared trees and allocate the masses (on first learn or restore)."""
         if self._forest is None:
             names = self._features or ()
@@ -307,7 +183,7 @@ class HalfSpaceTrees:
             order = sorted(range(len(names)), key=names.__getitem__)
             if self._seed is None:
                 self._seed = random.SystemRandom().getrandbits(64)
-            self._forest = _forest(self.n_trees, self.height, self._seed, tuple(order),
+            self._forest = build_forest(self.n_trees, self.height, self._seed, tuple(order),
                                    tuple(tuple(limits[names[i]]) for i in order))  # fmt: skip
             dtype = np.min_scalar_type(self.window_size)  # masses never exceed window_size
             self._l = np.zeros(len(self._forest.feature), dtype=dtype)
@@ -334,7 +210,7 @@ class HalfSpaceTrees:
         if forest.line is not None:
             return self._run_line(forest, X[:, 0], score=score, learn=learn)
         scores = np.zeros(len(X))
-        leaves = _descend(forest, X)  # rows with holes are walked again below
+        leaves = descend(forest, X)  # rows with holes are walked again below
         missing = np.isnan(X)
         holes = np.flatnonzero(missing.any(axis=1)).tolist() if missing.any() else []
         start = 0
@@ -357,7 +233,7 @@ class HalfSpaceTrees:
             start = stop
         return scores
 
-    def _run_line(self, forest: _Forest, x: Floats, *, score: bool, learn: bool) -> Floats:
+    def _run_line(self, forest: Forest, x: Floats, *, score: bool, learn: bool) -> Floats:
         """:meth:`_run` for one feature, the values kept raw until the window pivots."""
         n = len(x)
         room = self.window_size - self._counter if learn else n + 1
@@ -390,7 +266,7 @@ class HalfSpaceTrees:
             self._counter += len(x)
         return scores
 
-    def _missing(self, forest: _Forest, row: Floats, score: bool, learn: bool) -> float:
+    def _missing(self, forest: Forest, row: Floats, score: bool, learn: bool) -> float:
         """Score and/or learn a row missing its one feature: River's walk of the trees."""
         self._flush()  # the walk reads this window's masses so far
         paths = forest.paths[self._walk_missing(forest, row)][None]
@@ -401,12 +277,12 @@ class HalfSpaceTrees:
             self._counter = self._flushed = self._counter + 1
         return result
 
-    def _score_paths(self, forest: _Forest, paths: Indices) -> Floats:
+    def _score_paths(self, forest: Forest, paths: Indices) -> Floats:
         """Scores of rows from their root-to-leaf paths in every tree."""
         total = self._r[paths].reshape(len(paths), -1) @ forest.weights
         return 1.0 - total / (self.window_size * len(forest.feature))
 
-    def _pivot(self, forest: _Forest) -> None:
+    def _pivot(self, forest: Forest) -> None:
         """End of a window: its masses become the reference, kept where scores read them."""
         limit = math.ceil(0.1 * self.window_size)  # River stops below 0.1 * window_size
         if forest.line is None:
@@ -418,7 +294,7 @@ class HalfSpaceTrees:
         self._l.fill(0)
         self._first_window, self._counter, self._flushed = False, 0, 0
 
-    def _pivot_line(self, forest: _Forest, line: _Line, limit: int) -> None:
+    def _pivot_line(self, forest: Forest, line: Line, limit: int) -> None:
         """:meth:`_pivot` for one feature, the masses from prefix counts of pending values.
 
         Only the inner nodes' masses are taken, to find the heavy ones; then those of their
@@ -441,7 +317,7 @@ class HalfSpaceTrees:
         self._r.put(nodes, mass)
         self._refresh(line, nodes, mass, spans)
 
-    def _refresh(self, line: _Line, nodes: Indices, mass: Ints, spans: Indices) -> None:
+    def _refresh(self, line: Line, nodes: Indices, mass: Ints, spans: Indices) -> None:
         """Scores of the runs of intervals from the nodes' reference masses.
 
         A node adds ``mass * 2 ** depth`` to the total of every interval that reaches it:
@@ -455,7 +331,7 @@ class HalfSpaceTrees:
         totals = np.add.accumulate(steps[starts])
         self._values = 1.0 - totals / (self.window_size * line.span.shape[1])
 
-    def _prefix(self, line: _Line) -> Ints:
+    def _prefix(self, line: Line) -> Ints:
         """``prefix[j]``: how many pending values lie in the intervals below ``j``."""
         after = line.edges.searchsorted(self._pending[self._flushed : self._counter], "right")
         return np.add.accumulate(np.bincount(after, minlength=len(line.edges) + 1))
@@ -468,7 +344,7 @@ class HalfSpaceTrees:
             self._l += (ends[1] - ends[0]).astype(self._l.dtype)
             self._flushed = self._counter
 
-    def _walk_missing(self, forest: _Forest, row: Floats) -> Indices:
+    def _walk_missing(self, forest: Forest, row: Floats) -> Indices:
         """River's walk of one row in every tree, reading current-window masses.
 
         Where a value is missing it goes to the heavier child, else left iff below.

@@ -136,7 +136,7 @@ def parse_message(
     """Parse one raw message into readings and invalid records (never raises)."""
     raw: bytes | dict[str, Any]
     if isinstance(payload, (bytes, bytearray, memoryview)):
-        raw = bytes(payload)
+        raw = payload if type(payload) is bytes else bytes(payload)
         if len(raw) > limits.max_payload_bytes:
             detail = f"{len(raw)} bytes > limit {limits.max_payload_bytes}"
             return [Invalid(PAYLOAD_TOO_LARGE, detail, raw, origin, received_at)]
@@ -146,13 +146,13 @@ def parse_message(
             return [Invalid(_json_reason(raw), str(exc), raw, origin, received_at)]
     else:
         raw = obj = payload if isinstance(payload, dict) else dict(payload)
-    topic_id = _topic_sensor(origin)
-    if isinstance(obj, list):
+    topic_id = _topic_sensor(origin) if origin.endswith("/readings") else None
+    if type(obj) is list:
         if len(obj) > limits.max_array_items:
             detail = f"{len(obj)} items > limit {limits.max_array_items}"
             return [Invalid(PAYLOAD_TOO_LARGE, detail, raw, origin, received_at)]
         return [_one(item, item, origin, received_at, topic_id, limits) for item in obj]
-    if isinstance(obj, dict) and "fields" in obj and "data" in obj:
+    if type(obj) is dict and "fields" in obj and "data" in obj:
         return _response(obj, origin, received_at, topic_id, limits)
     return [_one(obj, raw, origin, received_at, topic_id, limits, raw is not obj)]
 

@@ -1,0 +1,354 @@
+"""MQTT input: messages from a broker as ``(topic, payload, received_at)``.
+
+:class:`MQTTSettings` says how to reach a broker (``mqtt://`` or ``mqtts://`` URL,
+credentials, TLS, MQTT v5 or v3.1.1, keepalive, reconnect backoff) and opens connected
+paho clients; :class:`MQTTSource` subscribes with them. ``sinks.mqtt`` takes the same
+settings object (``sources`` and ``sinks`` never import each other; the dataflow hands
+it over), so the connection code exists once.
+
+Acknowledgements and Bytewax epochs
+-----------------------------------
+The client acknowledges (PUBACK) a QoS 1 message only after the Bytewax epoch that
+emitted it is complete, so a message is not taken from the broker before the dataflow
+has finished with it. Bytewax 0.21 has no "epoch done" callback for sources, but its
+input operator gives an equivalent signal: it calls ``snapshot()`` when an epoch ends,
+and it calls the partition again (``next_batch`` or ``snapshot``) only once the
+dataflow's probe has passed that epoch, i.e. every output of the epoch has been written
+and, with recovery on, its snapshots stored. So ``snapshot()`` seals the messages
+emitted during the ending epoch, and the *next* call to the partition acknowledges them.
+``tests/integration/test_mqtt_source.py`` checks this ordering against a real sink.
+
+Limits of the guarantee: acknowledgements are sent over the connection that delivered
+the message; after a reconnect the broker redelivers what was not acknowledged
+(duplicates, identical payloads), and messages still in flight when a *non-persistent*
+session ends are lost. QoS 2 subscriptions are accepted, but paho hands a QoS 2 message
+over only after the broker has released it (PUBREL), so a crash loses it: use QoS 1.
+Restoring the Bytewax recovery store from an older backup does not bring back messages
+acknowledged since. Throughput per partition is bounded by roughly
+``receive_maximum / epoch_interval`` (unacknowledged messages are held for an epoch),
+so keep the epoch interval short (about 1 s) for busy MQTT flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from paho.mqtt.reasoncodes import ReasonCode
+
+from sources._mqtt_client import (
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    MQTTConnectError,
+    MQTTSettings,
+    validate_topic_filter,
+)
+
+__all__ = [
+    "PASSWORD_ENV",
+    "USERNAME_ENV",
+    "MQTTConnectError",
+    "MQTTSettings",
+    "MQTTSource",
+    "MQTTSourceStats",
+    "validate_topic_filter",
+]
+
+logger = logging.getLogger(__name__)
+
+MQTTMessage = tuple[str, bytes, float]
+_Delivery = tuple[str, bytes, float, int, int, int]  # topic, payload, at, generation, mid, qos
+_Ack = tuple[int, int, int]  # generation, mid, qos
+_IDLE_WAKE = timedelta(milliseconds=20)
+_PUT_WAIT_S = 0.1
+
+
+@dataclass
+class MQTTSourceStats:
+    """Counters of one partition, for metrics. Each field has a single writer thread.
+
+    Attributes:
+        received: Messages the network thread took from the broker.
+        emitted: Messages handed to the dataflow.
+        acked: QoS 1/2 messages acknowledged to the broker.
+        ack_skipped: Acknowledgements not sent because the connection that delivered
+            the message is gone (the broker redelivers those).
+        connects: Successful connections (the first one included).
+        queue_full_waits: Times the network thread waited 0.1 s for queue space.
+    """
+
+    received: int = 0
+    emitted: int = 0
+    acked: int = 0
+    ack_skipped: int = 0
+    connects: int = 0
+    queue_full_waits: int = 0
+
+    @property
+    def reconnects(self) -> int:
+        """Successful connections after the first."""
+        return max(self.connects - 1, 0)
+
+
+class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
+    def __init__(self, src: MQTTSource, client_id: str, stats: MQTTSourceStats) -> None:
+        self._src, self._client_id, self.stats = src, client_id, stats
+        self._queue: queue.Queue[_Delivery] = queue.Queue(maxsize=src.queue_size)
+        self._lock = threading.Lock()  # orders acks against connection changes
+        self._gen = 0  # connection generation: bumped on every connect and disconnect
+        self._client: mqtt.Client | None = None
+        self._connector: threading.Thread | None = None
+        self._ready = False
+        self._error: Exception | None = None
+        self._closed = threading.Event()
+        self._epoch: list[_Ack] = []  # emitted in the current epoch
+        self._sealed: list[_Ack] = []  # emitted in the epoch that ended at the last snapshot
+        self._last_activity = 0.0
+        self._stopping = False
+        self._idle = False
+
+    # -- network side (connector thread, then paho's thread) --------------------------
+    def _connect(self) -> None:
+        src = self._src
+        try:
+            client = src.settings.connect(
+                self._client_id,
+                persistent=src.persistent,
+                manual_ack=True,
+                receive_maximum=min(src.queue_size, 65535),
+                setup=self._setup,
+                on_connected=self._on_connected,
+                on_disconnected=self._on_disconnected,
+            )
+        except (MQTTConnectError, OSError, ValueError) as exc:
+            self._error = exc
+            return
+        self._last_activity, self._ready = time.monotonic(), True
+        if self._closed.is_set():
+            client.disconnect()
+            client.loop_stop()
+
+    def _setup(self, client: mqtt.Client) -> None:
+        self._client = client
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+
+    def _on_connected(self, client: mqtt.Client, session_present: bool) -> None:
+        with self._lock:
+            self._gen += 1
+        self.stats.connects += 1
+        if self.stats.connects > 1 and self._src.persistent and not session_present:
+            logger.warning("%s: the broker lost the session; unacknowledged messages "
+                           "it held may be gone", self._client_id)  # fmt: skip
+        client.subscribe([(t, self._src.qos) for t in self._src.subscriptions()])
+
+    def _on_disconnected(self) -> None:
+        with self._lock:
+            self._gen += 1
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason_codes: list[ReasonCode], properties: Any) -> None:  # fmt: skip
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            reason = f"subscription to {self._src.subscriptions()} refused: {refused[0]}"
+            self._error = MQTTConnectError(self._src.settings.url, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.stats.received += 1
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # the broker should refuse these; keep the message
+            topic = msg._topic.decode("utf-8", "replace")
+        item = (topic, bytes(msg.payload), time.time(), self._gen, msg.mid, msg.qos)
+        while not self._closed.is_set():  # full: block the network thread (TCP backpressure)
+            try:
+                self._queue.put(item, timeout=_PUT_WAIT_S)
+            except queue.Full:
+                self.stats.queue_full_waits += 1
+                continue
+            return
+
+    # -- dataflow side (the worker thread) ---------------------------------------------
+    def _ack(self, entries: list[_Ack]) -> None:
+        client = self._client
+        if not entries or client is None:
+            return
+        acked = 0
+        with self._lock:  # a reconnect cannot slip in between the check and the send
+            for gen, mid, qos in entries:
+                if gen == self._gen:
+                    client.ack(mid, qos)
+                    acked += 1
+        self.stats.acked += acked
+        self.stats.ack_skipped += len(entries) - acked
+
+    def _drain(self) -> list[MQTTMessage]:
+        src, now = self._src, time.monotonic()
+        limit = src.max_batch
+        if src.max_messages is not None:
+            limit = min(limit, src.max_messages - self.stats.emitted)
+        out: list[MQTTMessage] = []
+        for _ in range(limit):
+            try:
+                topic, payload, at, gen, mid, qos = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            out.append((topic, payload, at))
+            if qos:
+                self._epoch.append((gen, mid, qos))
+        self.stats.emitted += len(out)
+        if out:
+            self._last_activity = now
+        if src.max_messages is not None and self.stats.emitted >= src.max_messages:
+            self._stopping = True
+        elif src.idle_stop_s is not None and now - self._last_activity >= src.idle_stop_s:
+            self._stopping = True
+        return out
+
+    def next_batch(self) -> list[MQTTMessage]:
+        if self._connector is None:
+            self._connector = threading.Thread(
+                target=self._connect, name=f"mqtt-connect-{self._client_id}", daemon=True
+            )
+            self._connector.start()
+        if self._error is not None:
+            raise self._error
+        self._ack(self._sealed)  # being called again proves their epoch is complete
+        self._sealed = []
+        if self._stopping or not self._ready:
+            if self._stopping and not self._epoch:
+                raise StopIteration
+            self._idle = True
+            return []
+        batch = self._drain()
+        self._idle = not batch
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(timezone.utc) + _IDLE_WAKE if self._idle else None
+
+    def snapshot(self) -> None:
+        self._ack(self._sealed)
+        self._sealed, self._epoch = self._epoch, []
+
+    def close(self) -> None:
+        self._closed.set()
+        client = self._client
+        if client is not None:
+            client.disconnect()  # unacknowledged messages stay in a persistent session
+            client.loop_stop()
+        logger.info("%s closed: %s", self._client_id, self.stats)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
+    """Subscribe to MQTT topic filters: ``(topic, payload, received_at)`` per message.
+
+    Each partition is one paho client with its own network thread, started on the first
+    ``next_batch`` (never in a constructor); it subscribes in ``on_connect`` (so every
+    reconnect resubscribes) and fills a bounded queue that ``next_batch`` drains without
+    blocking. When the queue is full the network thread waits, so TCP backpressure
+    reaches the broker (counted in ``queue_full_waits``). Connecting retries for
+    ``settings.connect_timeout_s`` and then ``next_batch`` raises
+    :class:`MQTTConnectError`; bad credentials and TLS failures raise at once.
+
+    Parallelism: ``partitions`` clients. Without ``shared_group`` there is one partition
+    and it receives every message. With ``shared_group`` each partition subscribes to
+    ``$share/<group>/<filter>`` as ``<client_id>[-<process_id>]-w<i>`` and the broker
+    splits the stream between all members of the group, across processes too (give
+    each independent process its own stable ``process_id``; in a Bytewax cluster the
+    partitions are spread over the workers and ``process_id`` is not needed). Set
+    ``partitions`` to the worker count for one client per worker.
+
+    Delivery: at-least-once for QoS 1 with a persistent session (the default): a
+    message is acknowledged only after the epoch that emitted it is complete (see the
+    module docstring), and anything unacknowledged is redelivered after a crash or a
+    reconnect, possibly as a duplicate. QoS 0 is at-most-once. The snapshot is ``None``:
+    the broker's session, not Bytewax, remembers the position.
+
+    Attributes:
+        settings: How to reach the broker.
+        topics: Topic filters (validated before anything connects).
+        qos: Subscription QoS (0, 1 or 2; 1 for at-least-once).
+        flow: Flow name, used in the default client id ``edgewatch-<flow>``.
+        client_id: Stable client id base (a persistent session is found by it).
+        shared_group: Shared-subscription group, or ``None``.
+        process_id: Distinguishes independent processes in one shared group.
+        partitions: Number of clients (more than one needs ``shared_group``).
+        persistent: Keep the session (v5 session expiry / v3.1.1 clean_session=False).
+        queue_size: Bound of the queue; also sent as the v5 receive maximum.
+        max_batch: Most messages per ``next_batch``.
+        max_messages: Stop after this many messages per partition (tests, replays).
+        idle_stop_s: Stop after this long without a message (tests, replays).
+        stats: Counters per partition key, filled as partitions are built.
+    """
+
+    settings: MQTTSettings
+    topics: tuple[str, ...] = ("sensors/+/readings",)
+    qos: int = 1
+    flow: str = "main"
+    client_id: str | None = None
+    shared_group: str | None = None
+    process_id: str = ""
+    partitions: int = 1
+    persistent: bool = True
+    queue_size: int = 10_000
+    max_batch: int = 5_000
+    max_messages: int | None = None
+    idle_stop_s: float | None = None
+    stats: dict[str, MQTTSourceStats] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.topics, str):
+            object.__setattr__(self, "topics", (self.topics,))
+        for topic in self.topics:
+            validate_topic_filter(topic)
+        group = self.shared_group
+        problems = [
+            (bool(self.topics), "topics is empty"),
+            (self.qos in (0, 1, 2), f"qos must be 0, 1 or 2, not {self.qos!r}"),
+            (group is None or (group != "" and not set(group) & set("/+#\0")),
+             f"shared_group {group!r} must be non-empty without / + # or NUL"),
+            (self.partitions >= 1, "partitions must be at least 1"),
+            (self.partitions == 1 or group is not None,
+             "several partitions need a shared_group (each would get every message)"),
+            (self.queue_size >= 1 and self.max_batch >= 1, "queue_size, max_batch must be >= 1"),
+            (not set(self.base_client_id() + self.process_id) & set("/+#\0 "),
+             "client_id and process_id must not contain / + # NUL or spaces"),
+        ]  # fmt: skip
+        for ok, msg in problems:
+            if not ok:
+                raise ValueError(msg)
+
+    def base_client_id(self) -> str:
+        """``client_id``, or ``edgewatch-<flow>``, plus ``-<process_id>`` if set."""
+        base = self.client_id or f"edgewatch-{self.flow}"
+        return f"{base}-{self.process_id}" if self.process_id else base
+
+    def subscriptions(self) -> list[str]:
+        """The filters as subscribed, ``$share/<group>/`` prefixed when shared."""
+        if self.shared_group is None:
+            return list(self.topics)
+        return [f"$share/{self.shared_group}/{t}" for t in self.topics]
+
+    def list_parts(self) -> list[str]:
+        """``w0 … w<partitions-1>`` with a shared group, else the single ``mqtt``."""
+        if self.shared_group is None:
+            return ["mqtt"]
+        return [f"w{i}" for i in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _MQTTPartition:
+        """Build a partition; it connects on its first batch."""
+        cid = self.base_client_id()
+        cid = cid if self.shared_group is None else f"{cid}-{for_part}"
+        stats = self.stats.setdefault(for_part, MQTTSourceStats())
+        return _MQTTPartition(self, cid, stats)

@@ -7,7 +7,14 @@ The flow::
 
     input ─► parse ─┬─► key by sensor ─► impute ─► score (HST) ─► threshold ─┬─► to_alert ─► alerts
                     │                                                        └─► metrics
-                    └─► invalid ─► dead-letter file + metrics
+                    └─► invalid ─► dead letters + metrics
+
+The input is the simulator, a file, the PurpleAir API or an MQTT broker
+(``EDGEWATCH_SOURCE=mqtt``, ``EDGEWATCH_MQTT_URL``, ``EDGEWATCH_MQTT_TOPICS``, …); alerts
+and dead letters go to JSON lines and, with MQTT, to ``alerts/<sensor_id>`` and
+``deadletter/air_quality`` (see :mod:`dataflows.outputs`). For a busy broker run
+``python -m bytewax.run dataflows.air_quality:flow -s 1``: MQTT messages are
+acknowledged when their epoch completes, and Bytewax's default epoch is 10 s.
 
 In ``per-sensor`` mode every sensor has its own model (what a fleet needs); in ``fleet``
 mode one model spans all sensors (for a cross-sectional snapshot such as the PurpleAir
@@ -26,18 +33,18 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 
 from dataflows.inputs import build_source
+from dataflows.outputs import add_outputs
 from dataflows.settings import Settings
 from models.halfspace import HalfSpaceTrees
 from operators.alert import to_alert
 from operators.impute import impute
 from operators.keyed import key_batched
 from operators.parse import ParseLimits, parse
-from operators.records import Alert, Invalid, RawMessage, Reading, Scored
+from operators.records import Alert, RawMessage, Reading, Scored
 from operators.score import score
 from operators.threshold import threshold
-from sinks.jsonl import JSONLinesSink
 from sinks.memory import CallbackSink
-from sinks.metrics import AlertMetricsSink, InvalidMetricsSink, ScoreMetricsSink
+from sinks.metrics import ScoreMetricsSink
 
 __all__ = ["FLOW_NAME", "build_flow", "hst_factory"]
 
@@ -81,7 +88,7 @@ def build_flow(
     """
     idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
     flow = Dataflow(FLOW_NAME)
-    raw = op.input("input", flow, source or build_source(settings))
+    raw = op.input("input", flow, source or build_source(settings, FLOW_NAME))
     limits = ParseLimits(
         max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
     )
@@ -97,14 +104,8 @@ def build_flow(
     judged = threshold("threshold", scored, settings.threshold)
     alerts = to_alert("to_alert", judged, FLOW_NAME)
 
-    if settings.alerts_path:
-        op.output("alerts_out", op.map("alert_json", alerts, Alert.to_json),
-                  JSONLinesSink(settings.alerts_path))  # fmt: skip
-    op.output("alert_metrics", alerts, AlertMetricsSink(FLOW_NAME))
+    add_outputs(settings, FLOW_NAME, alerts, parsed.errs)
     op.output("score_metrics", judged, ScoreMetricsSink(FLOW_NAME))
-    dead = op.map("deadletter_json", parsed.errs, _deadletter_line)
-    op.output("deadletter_out", dead, JSONLinesSink(settings.deadletter_path))
-    op.output("invalid_metrics", parsed.errs, InvalidMetricsSink(FLOW_NAME))
     if on_alerts is not None:
         op.output("alerts_cb", alerts, CallbackSink(on_alerts))
     if on_scored is not None:
@@ -126,10 +127,6 @@ def _fleet_key(_: Reading) -> str:
 
 def _value(kv: tuple[str, Reading]) -> Reading:
     return kv[1]
-
-
-def _deadletter_line(inv: Invalid) -> bytes:
-    return inv.to_json(FLOW_NAME)
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,8 @@ _EPILOG = """examples:
   edgewatch run                                   simulator fleet, alerts and a summary
   edgewatch run --sensors 200 --duration 2d       a bigger simulated fleet
   edgewatch run --source purpleair --input data.json --mode fleet
+  edgewatch run --source mqtt --broker mqtt://edge@127.0.0.1:1883
+                                                  serve a live broker until Ctrl-C
   edgewatch score data.csv --format nab -o scores.csv
   edgewatch bench --events 200000 --sensors 100 --baseline --json
 """
@@ -72,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", type=float, help="alert above this score (default 0.7)")
     run.add_argument("--alerts", metavar="FILE", help="also write alerts as JSON lines here")
     run.add_argument("--deadletter", metavar="FILE", help="dead-letter file (deadletter.jsonl)")
+    run.add_argument(
+        "--broker",
+        metavar="URL",
+        help="MQTT broker mqtt[s]://[user@]host[:port] (default mqtt://127.0.0.1:1883); "
+        "password from EDGEWATCH_MQTT_PASSWORD or EDGEWATCH_MQTT_PASSWORD_FILE",
+    )
+    run.add_argument(
+        "--group", metavar="NAME", help="MQTT shared-subscription group: processes split one stream"
+    )
+    run.add_argument(
+        "--mqtt-outputs",
+        choices=("auto", "on", "off"),
+        help="publish alerts/<sensor>, deadletter/<flow> and status/<node> to the broker "
+        "(auto: when the source is mqtt)",
+    )
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads (default 1)")
     run.add_argument(
         "--max-print",

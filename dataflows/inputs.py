@@ -12,10 +12,11 @@ from bytewax.inputs import FixedPartitionedSource
 from dataflows.settings import ConfigError, Settings
 from operators.records import RawMessage
 from sources.files import CSVSource, JSONLSource, nab_source, skab_source
+from sources.mqtt import MQTTSettings, MQTTSource
 from sources.purpleair import PurpleAirAPISource, PurpleAirSnapshotSource
 from sources.simulator import SimulatorConfig, SimulatorSource
 
-__all__ = ["build_source", "iter_messages", "simulator_config"]
+__all__ = ["build_source", "iter_messages", "mqtt_settings", "mqtt_source", "simulator_config"]
 
 _Source = FixedPartitionedSource[Any, Any]
 
@@ -45,6 +46,55 @@ def _purpleair_api(settings: Settings, _: list[Path]) -> _Source:
     )
 
 
+def mqtt_settings(settings: Settings) -> MQTTSettings:
+    """How to reach the broker the settings name; :class:`ConfigError` if malformed."""
+    files = {
+        "password_file": settings.mqtt_password_file,
+        "ca_file": settings.mqtt_ca_file,
+        "cert_file": settings.mqtt_cert_file,
+        "key_file": settings.mqtt_key_file,
+    }
+    missing = [f"mqtt_{k}={v}" for k, v in files.items() if v and not Path(v).is_file()]
+    if missing:
+        msg = f"file(s) not found: {', '.join(missing)}"
+        raise ConfigError(msg)
+    options: dict[str, Any] = {k: v for k, v in files.items() if v}
+    if settings.mqtt_username:
+        options["username"] = settings.mqtt_username
+    try:
+        return MQTTSettings.from_url(
+            settings.mqtt_url,
+            protocol=settings.mqtt_protocol,
+            session_expiry_s=settings.mqtt_session_expiry_s,
+            connect_timeout_s=settings.mqtt_connect_timeout_s,
+            **options,
+        )
+    except ValueError as exc:
+        msg = f"mqtt_url={settings.mqtt_url!r}: {exc}"
+        raise ConfigError(msg) from None
+
+
+def mqtt_source(settings: Settings, flow: str) -> MQTTSource:
+    """The MQTT source the settings describe (client id ``edgewatch-<flow>`` by default)."""
+    prefix = settings.mqtt_prefix
+    try:
+        return MQTTSource(
+            settings=mqtt_settings(settings),
+            topics=tuple(prefix + t for t in settings.mqtt_topics),
+            qos=settings.mqtt_qos,
+            client_id=settings.mqtt_client_id or None,
+            shared_group=settings.mqtt_group or None,
+            process_id=settings.mqtt_process_id,
+            partitions=settings.mqtt_partitions,
+            queue_size=settings.mqtt_queue_size,
+            flow=flow,
+            max_batch=settings.batch_size,
+            idle_stop_s=settings.mqtt_idle_stop_s or None,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 _BUILDERS: dict[str, Callable[[Settings, list[Path]], _Source]] = {
     "simulator": lambda s, _: SimulatorSource(simulator_config(s), batch_size=s.batch_size),
     "purpleair": lambda s, p: PurpleAirSnapshotSource(p[0], batch_size=s.batch_size),
@@ -56,8 +106,13 @@ _BUILDERS: dict[str, Callable[[Settings, list[Path]], _Source]] = {
 }
 
 
-def build_source(settings: Settings) -> _Source:
-    """The Bytewax source for ``settings.source``; raises :class:`ConfigError` if unusable."""
+def build_source(settings: Settings, flow: str = "main") -> _Source:
+    """The Bytewax source for ``settings.source``; raises :class:`ConfigError` if unusable.
+
+    ``flow`` names the flow in the MQTT client id.
+    """
+    if settings.source == "mqtt":
+        return mqtt_source(settings, flow)
     paths = [Path(p) for p in settings.source_path]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TextIO, cast
 
 from bytewax.run import cli_main
@@ -76,7 +77,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         threshold=args.threshold,
         alerts_path=args.alerts,
         deadletter_path=args.deadletter,
+        mqtt_url=args.broker,
+        mqtt_group=args.group,
+        mqtt_outputs=args.mqtt_outputs,
     )
+    if settings.mqtt_group and args.workers > 1 and settings.mqtt_partitions == 1:
+        settings = dataclasses.replace(settings, mqtt_partitions=args.workers)
     if settings.alerts_path == "-":  # alerts are printed as text; keep stdout readable
         settings = dataclasses.replace(settings, alerts_path="")
     return settings
@@ -95,8 +101,15 @@ def run_command(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         ticker.start()
     start = time.perf_counter()
+    interrupted = False
     try:
-        cast(Callable[..., None], cli_main)(flow, workers_per_process=max(args.workers, 1))
+        cast(Callable[..., None], cli_main)(
+            flow,
+            workers_per_process=max(args.workers, 1),
+            epoch_interval=timedelta(seconds=settings.epoch_interval_s),
+        )
+    except KeyboardInterrupt:  # a broker source runs until Ctrl-C: still summarise
+        interrupted = True
     finally:
         stop.set()
     wall = time.perf_counter() - start
@@ -109,10 +122,14 @@ def run_command(args: argparse.Namespace) -> int:
         labels = Simulator(simulator_config(settings)).labels()
         evaluation = evaluate_alerts(collect.alerts, labels)
     _summary(out, settings, collect.alerts, _delta(before, after), wall, evaluation)
-    return 0
+    return 130 if interrupted else 0
 
 
 def _describe(s: Settings) -> str:
+    if s.source == "mqtt":
+        group = f" (shared group {s.mqtt_group})" if s.mqtt_group else ""
+        topics = ", ".join(s.mqtt_prefix + t for t in s.mqtt_topics)
+        return f"MQTT {s.mqtt_url.split('@')[-1]} {topics}{group}, {s.mode} HST; Ctrl-C stops"
     if s.source == "simulator":
         return (
             f"the simulator ({s.sim_sensors} sensors, {s.sim_duration_s / 3600:g} h "

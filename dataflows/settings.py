@@ -27,9 +27,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["SOURCES", "ConfigError", "Settings"]
+__all__ = ["MQTT_OUTPUTS", "SOURCES", "ConfigError", "Settings"]
 
-SOURCES = ("simulator", "purpleair", "purpleair-api", "jsonl", "csv", "nab", "skab")
+SOURCES = ("simulator", "mqtt", "purpleair", "purpleair-api", "jsonl", "csv", "nab", "skab")
+MQTT_OUTPUTS = ("auto", "on", "off")
 MODES = ("per-sensor", "fleet")
 SCOPES = ("sensor", "fleet")
 
@@ -75,6 +76,51 @@ class Settings:
     """JSON-lines alert file; ``-`` is stdout."""
     deadletter_path: str = "deadletter.jsonl"
     """JSON-lines dead-letter file (created on the first invalid message)."""
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    """Broker ``mqtt[s]://[user@]host[:port]``; the password is best kept in
+    EDGEWATCH_MQTT_PASSWORD or ``mqtt_password_file``, not in the URL."""
+    mqtt_topics: tuple[str, ...] = ("sensors/+/readings",)
+    """Topic filters to read (``mqtt_prefix`` is put in front of each)."""
+    mqtt_prefix: str = ""
+    """Prefix of every topic read and written, e.g. ``site1/``."""
+    mqtt_qos: int = 1
+    """Subscription QoS: 1 (at-least-once, default), 0 or 2."""
+    mqtt_protocol: str = "5"
+    """MQTT protocol version: 5 or 3.1.1."""
+    mqtt_client_id: str = ""
+    """Stable client id of the subscriber (default ``edgewatch-<flow>``)."""
+    mqtt_group: str = ""
+    """Shared-subscription group (``$share/<group>/...``) so processes split one stream."""
+    mqtt_process_id: str = ""
+    """Tells independent processes of one shared group apart (part of the client id)."""
+    mqtt_partitions: int = 1
+    """MQTT clients of this process with a shared group (one per worker is best)."""
+    mqtt_username: str = ""
+    mqtt_password_file: str = ""
+    """File holding the broker password (else EDGEWATCH_MQTT_PASSWORD or the URL)."""
+    mqtt_ca_file: str = ""
+    """CA bundle to verify an mqtts:// broker (default: the system store)."""
+    mqtt_cert_file: str = ""
+    """Client certificate (PEM) for brokers that require one."""
+    mqtt_key_file: str = ""
+    mqtt_session_expiry_s: int = 86_400
+    """How long the broker keeps the subscriber's session (and its queued messages)."""
+    mqtt_connect_timeout_s: float = 30.0
+    """How long the first connection may retry before the flow stops with an error."""
+    mqtt_queue_size: int = 10_000
+    """Messages buffered between the network thread and the flow (also v5 receive max)."""
+    mqtt_idle_stop_s: float = 0.0
+    """Stop the flow after this long without a message (0: run until interrupted)."""
+    mqtt_outputs: str = "auto"
+    """Publish alerts, dead letters and status to the broker: auto (when the source is
+    mqtt), on, off."""
+    mqtt_alert_qos: int = 1
+    """QoS of published alerts and dead letters (1 waits for every PUBACK)."""
+    mqtt_node: str = ""
+    """Name in the retained ``status/<node>`` topic (default: the host name)."""
+    epoch_interval_s: float = 1.0
+    """Bytewax epoch length for ``edgewatch run``; MQTT messages are acknowledged when
+    the epoch holding them is done."""
     max_payload_bytes: int = 256 * 1024
     max_future_s: float = 300.0
     idle_timeout_s: float = 86_400.0
@@ -109,7 +155,11 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first setting that makes no sense."""
+        """Raise :class:`ConfigError` naming the first setting that makes no sense.
+
+        The broker URL and topic filters are checked where the MQTT connectors are
+        built (:func:`dataflows.inputs.mqtt_settings`).
+        """
         checks = [
             (self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}"),
             (self.mode in MODES, f"mode must be one of {', '.join(MODES)}"),
@@ -121,6 +171,16 @@ class Settings:
              "hst_window, hst_trees and hst_height must be at least 1"),
             (all(lo < hi for lo, hi in self.hst_limits.values()),
              "every hst_limits entry needs low < high"),
+            (self.mqtt_outputs in MQTT_OUTPUTS,
+             f"mqtt_outputs must be one of {', '.join(MQTT_OUTPUTS)}"),
+            (self.mqtt_qos in (0, 1, 2), "mqtt_qos must be 0, 1 or 2"),
+            (self.mqtt_alert_qos in (0, 1), "mqtt_alert_qos must be 0 or 1"),
+            (self.mqtt_protocol in ("5", "3.1.1"), "mqtt_protocol must be 5 or 3.1.1"),
+            (self.mqtt_partitions >= 1 and self.mqtt_queue_size >= 1,
+             "mqtt_partitions and mqtt_queue_size must be at least 1"),
+            (self.mqtt_partitions == 1 or bool(self.mqtt_group),
+             "mqtt_partitions > 1 needs mqtt_group (else every client gets every message)"),
+            (self.epoch_interval_s > 0, "epoch_interval_s must be positive"),
             (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair")
              or bool(self.source_path),
              f"source {self.source!r} needs source_path (EDGEWATCH_SOURCE_PATH or --input)"),
@@ -128,6 +188,11 @@ class Settings:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    @property
+    def publishes_mqtt(self) -> bool:
+        """Whether alerts, dead letters and the node status go to the broker."""
+        return self.mqtt_outputs == "on" or (self.mqtt_outputs == "auto" and self.source == "mqtt")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -147,7 +147,8 @@ from sources.mqtt import MQTTSettings, MQTTSource
 
 url, out, client_id, group, process_id, idle, delay = sys.argv[1:]
 source = MQTTSource(settings=MQTTSettings.from_url(url), client_id=client_id,
-                    shared_group=group or None, process_id=process_id, idle_stop_s=float(idle))
+                    shared_group=group or None, process_id=process_id, idle_stop_s=float(idle),
+                    max_batch=20)
 flow = Dataflow("mqtt_process")
 payloads = op.map("payload", op.input("in", flow, source),
                   lambda m: time.sleep(float(delay)) or m[1])

@@ -1,0 +1,74 @@
+"""Where a flow's alerts and dead letters go, chosen by configuration.
+
+Every flow writes alerts and invalid input the same way:
+
+- alerts as JSON lines to ``alerts_path`` (``-`` is stdout, empty: none), and to the
+  broker as ``<prefix>alerts/<sensor_id>`` when :attr:`Settings.publishes_mqtt`;
+- dead letters (reason + original payload) as JSON lines to ``deadletter_path`` and to
+  ``<prefix>deadletter/<flow>`` on the broker;
+- counts to the Prometheus metrics;
+- with MQTT outputs, a retained ``<prefix>status/<node>`` that reads ``online`` while
+  the flow runs and ``offline`` after it stopped or died (last will).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from dataflows.inputs import mqtt_settings
+from dataflows.settings import Settings
+from operators.records import Alert, Invalid
+from sinks.jsonl import JSONLinesSink
+from sinks.metrics import AlertMetricsSink, InvalidMetricsSink
+from sinks.mqtt import KeyedPayload, MQTTSink
+
+__all__ = ["add_outputs"]
+
+
+def add_outputs(
+    settings: Settings, flow_name: str, alerts: Stream[Alert], invalid: Stream[Invalid]
+) -> None:
+    """Attach the alert and dead-letter sinks the settings ask for to ``alerts``/``invalid``."""
+    if settings.alerts_path:
+        lines = op.map("alert_json", alerts, Alert.to_json)
+        op.output("alerts_out", lines, JSONLinesSink(settings.alerts_path))
+    op.output("alert_metrics", alerts, AlertMetricsSink(flow_name))
+
+    def dead_line(inv: Invalid) -> bytes:
+        return inv.to_json(flow_name)
+
+    dead = op.map("deadletter_json", invalid, dead_line)
+    if settings.deadletter_path:
+        op.output("deadletter_out", dead, JSONLinesSink(settings.deadletter_path))
+    op.output("invalid_metrics", invalid, InvalidMetricsSink(flow_name))
+    if not settings.publishes_mqtt:
+        return
+
+    broker = mqtt_settings(settings)
+    node = settings.mqtt_node or socket.gethostname()
+    base = f"edgewatch-{flow_name}-{node}-{settings.mqtt_process_id or 'p'}"
+
+    def sink(topic: str, role: str, status_node: str | None = None) -> MQTTSink:
+        return MQTTSink(broker, topic=topic, prefix=settings.mqtt_prefix,
+                        qos=settings.mqtt_alert_qos, client_id=f"{base}-{role}",
+                        node=status_node)  # fmt: skip
+
+    def keyed_alert(a: Alert) -> KeyedPayload:
+        return (a.sensor_id, a.to_json())
+
+    def keyed_dead(line: bytes) -> KeyedPayload:
+        return (flow_name, line)
+
+    op.output(
+        "alerts_mqtt",
+        op.map("alert_mqtt", alerts, keyed_alert),
+        sink("alerts/{key}", "alerts", node),
+    )
+    op.output(
+        "deadletter_mqtt",
+        op.map("deadletter_mqtt_item", dead, keyed_dead),
+        sink("deadletter/{key}", "deadletter"),
+    )

@@ -13,6 +13,7 @@ frozen, slotted dataclasses with tz-aware UTC datetimes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -150,24 +151,30 @@ class Invalid:
     def to_json(self, flow: str, max_payload: int = 4096) -> bytes:
         """Serialise for the dead-letter stream (the payload is kept, truncated if huge).
 
+        ``payload`` is the text; when the bytes are not UTF-8, ``payload_base64`` holds
+        them exactly.
+
         >>> Invalid("malformed_json", "line 1", b"{oops", "t").to_json("air_quality")
         b'{"flow":"air_quality","reason":"malformed_json","detail":"line 1","origin":"t",\
 "received_at":0.0,"payload":"{oops","payload_bytes":5,"truncated":false}'
         """
         raw = self.payload if isinstance(self.payload, bytes) else _dumps_lenient(self.payload)
-        text = raw[:max_payload].decode("utf-8", errors="replace")
-        return orjson.dumps(
-            {
-                "flow": flow,
-                "reason": self.reason,
-                "detail": self.detail,
-                "origin": self.origin,
-                "received_at": self.received_at,
-                "payload": text,
-                "payload_bytes": len(raw),
-                "truncated": len(raw) > max_payload,
-            }
-        )
+        head = raw[:max_payload]
+        record = {
+            "flow": flow,
+            "reason": self.reason,
+            "detail": self.detail,
+            "origin": self.origin,
+            "received_at": self.received_at,
+            "payload": head.decode("utf-8", errors="replace"),
+            "payload_bytes": len(raw),
+            "truncated": len(raw) > max_payload,
+        }
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:  # keep the exact bytes too (a cut may split a character)
+            record["payload_base64"] = base64.b64encode(head).decode("ascii")
+        return orjson.dumps(record)
 
 
 @dataclass(frozen=True, slots=True)

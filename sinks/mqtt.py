@@ -21,7 +21,8 @@ consumers to dedupe on). QoS 0 is at-most-once.
 With ``node`` set, the sink keeps a retained ``<prefix>status/<node>`` topic:
 ``online`` on every (re)connect, ``offline`` on a clean close, and ``offline`` as the
 last will, which the broker publishes if the process dies (``-w<i>`` is appended to the
-node with several workers). The first connection is made by the first batch.
+node with several workers). Each worker connects when Bytewax builds its partition, so
+bad credentials or an unreachable broker stop the flow at start, with the reason.
 """
 
 from __future__ import annotations
@@ -76,10 +77,12 @@ class MQTTPublishError(RuntimeError):
 class _MQTTSinkPartition(StatelessSinkPartition[KeyedPayload]):
     def __init__(self, sink: MQTTSink, client_id: str, status: str | None) -> None:
         self._sink, self._client_id, self._status = sink, client_id, status
-        self._client: mqtt.Client | None = None
         self._refused: dict[int, str] = {}  # mid -> reason, from v5 PUBACKs
         self._refused_lock = threading.Lock()
         self.published = 0
+        self._client = sink.settings.connect(
+            client_id, persistent=False, setup=self._setup, on_connected=self._on_connected
+        )
 
     def _setup(self, client: mqtt.Client) -> None:
         client.on_publish = self._on_publish
@@ -126,11 +129,6 @@ class _MQTTSinkPartition(StatelessSinkPartition[KeyedPayload]):
     def write_batch(self, items: list[KeyedPayload]) -> None:
         if not items:
             return
-        if self._client is None:
-            self._client = self._sink.settings.connect(
-                self._client_id, persistent=False, setup=self._setup,
-                on_connected=self._on_connected,
-            )  # fmt: skip
         with self._refused_lock:  # anything left over belongs to no batch in flight
             self._refused.clear()
         window = self._sink.max_inflight
@@ -138,9 +136,7 @@ class _MQTTSinkPartition(StatelessSinkPartition[KeyedPayload]):
             self._publish_window(self._client, items[start : start + window])
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is None:
-            return
+        client = self._client
         if self._status is not None:
             info = client.publish(self._status, OFFLINE, qos=1, retain=True)
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
@@ -208,7 +204,7 @@ class MQTTSink(DynamicSink[KeyedPayload]):
         return self.prefix + self.topic.format(key=key)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _MQTTSinkPartition:
-        """Build the worker's partition; it connects on its first batch."""
+        """Build the worker's partition and connect it (raises if the broker refuses)."""
         base = self.client_id or f"edgewatch-sink-{socket.gethostname()}-{os.getpid()}"
         status = None
         if self.node is not None:

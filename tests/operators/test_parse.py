@@ -102,6 +102,7 @@ def test_topic_names_the_sensor() -> None:
         ({"sensor_id": "a", "ts": 1711929600, "values": {"x": math.inf}}, "non_finite_value"),
         ({"sensor_id": "a", "ts": 1711929600, "values": {"x": math.nan}}, "non_finite_value"),
         (b"[1]", "not_an_object"),
+        (b"[]", "not_an_object"),
         (b'"text"', "not_an_object"),
         (b'{"hello": 1}', "unknown_format"),
         (b'{"ts": 1711929600, "values": {"x": 1}}', "missing_sensor_id"),

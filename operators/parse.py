@@ -148,13 +148,13 @@ def parse_message(
         raw = obj = payload if isinstance(payload, dict) else dict(payload)
     topic_id = _topic_sensor(origin) if origin.endswith("/readings") else None
     if type(obj) is list:
-        if len(obj) > limits.max_array_items:
-            detail = f"{len(obj)} items > limit {limits.max_array_items}"
-            return [Invalid(PAYLOAD_TOO_LARGE, detail, raw, origin, received_at)]
-        if not obj:  # would vanish without a trace
-            return [
-                Invalid(NOT_AN_OBJECT, "empty JSON array: no reading", raw, origin, received_at)
-            ]
+        if not obj or len(obj) > limits.max_array_items:  # nothing vanishes without a trace
+            reason, detail = (
+                (PAYLOAD_TOO_LARGE, f"{len(obj)} items > limit {limits.max_array_items}")
+                if obj
+                else (NOT_AN_OBJECT, "empty JSON array: no reading")
+            )
+            return [Invalid(reason, detail, raw, origin, received_at)]
         return [_one(item, item, origin, received_at, topic_id, limits) for item in obj]
     if type(obj) is dict and "fields" in obj and "data" in obj:
         return _response(obj, origin, received_at, topic_id, limits)

@@ -281,3 +281,20 @@ def test_edgewatch_run_broker_errors_exit_1_with_the_reason(
     assert re.search(rf"edgewatch: the flow stopped: MQTTConnectError: MQTT broker mqtt://{USER}@"
                      rf"127\.0\.0\.1:\d+: {why}", err), err  # fmt: skip
     assert "wrong" not in err and "Traceback" not in err
+
+
+def test_bad_topic_filters_exit_2_before_connecting(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataflows.cli import main  # noqa: PLC0415
+
+    for topics, why in [("sensors/#/readings", "'#' must be a whole last level"),
+                        ("sensors/a+/readings", "'\\+' must be a whole level")]:  # fmt: skip
+        monkeypatch.setenv("EDGEWATCH_MQTT_TOPICS", topics)
+        assert main(["run", "--source", "mqtt", "--broker", broker.url()]) == 2
+        err = capsys.readouterr().err
+        assert re.search(f"configuration error: bad MQTT topic filter .*{why}", err), err
+    monkeypatch.setenv("EDGEWATCH_MQTT_TOPICS", "sensors/+/readings")
+    assert main(["run", "--source", "mqtt", "--broker", broker.url(), "--group", "a/b"]) == 2
+    assert "shared_group 'a/b' must be non-empty without / + #" in capsys.readouterr().err
+    assert "New client connected" not in broker.log_text()

@@ -24,20 +24,40 @@ the message; after a reconnect the broker redelivers what was not acknowledged
 session ends are lost. QoS 2 subscriptions are accepted, but paho hands a QoS 2 message
 over only after the broker has released it (PUBREL), so a crash loses it: use QoS 1.
 Restoring the Bytewax recovery store from an older backup does not bring back messages
-acknowledged since. Throughput per partition is bounded by roughly
-``receive_maximum / epoch_interval`` (unacknowledged messages are held for an epoch),
-so keep the epoch interval short (about 1 s) for busy MQTT flows.
+acknowledged since.
+
+Throughput and the broker
+-------------------------
+Unacknowledged messages are held for up to an epoch, so with QoS 1 a partition takes
+at most about ``queue_size / epoch_interval`` messages per second from a broker that
+enforces the window (the defaults, 30,000 and 1 s, allow 30,000/s; Bytewax's own
+default epoch of 10 s would allow a tenth of that). The window is sent as the v5
+Receive Maximum, which mosquitto 2.0 uses instead of its ``max_inflight_messages``;
+a v3.1.1 client gets ``max_inflight_messages`` (mosquitto's default, 20, means 20
+messages per epoch): set it to ``queue_size`` or 0 for v3.1.1. (mosquitto 2.0.11 keeps
+the window only until the first acknowledgements, then sends whatever it has queued;
+the queue bound below then holds the rest back through TCP.) For QoS 0 mosquitto's
+``max_queued_messages`` (default 1000) also bounds the packets it holds for a client
+that reads slower than they arrive, and it drops the excess silently; raise it well
+above the largest burst. ``set_tcp_nodelay true`` saves the flow's PUBACK-waiting
+alert sink 40 ms stalls (Nagle's algorithm meeting delayed TCP acknowledgements).
+
+On the client side paho's per-message cost is the bottleneck, so QoS 0/1 messages take
+the lean path of :class:`sources._mqtt_client.MQTTClient` (no ``MQTTMessage`` per
+message), reach the worker through a ``deque`` (no lock per message), and are
+acknowledged with one write of PUBACKs per epoch. When the queue is empty the worker
+polls again after 1 ms, doubling to 16 ms while nothing arrives.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -46,6 +66,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sources._mqtt_client import (
     PASSWORD_ENV,
     USERNAME_ENV,
+    MQTTClient,
     MQTTConnectError,
     MQTTSettings,
     validate_topic_filter,
@@ -64,9 +85,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MQTTMessage = tuple[str, bytes, float]
-_Delivery = tuple[str, bytes, float, int, int, int]  # topic, payload, at, generation, mid, qos
 _Ack = tuple[int, int, int]  # generation, mid, qos
-_IDLE_WAKE = timedelta(milliseconds=20)
+_Delivery = tuple[str, bytes, float, _Ack | None]  # topic, payload, received at, ack
+_WAKE_MIN, _WAKE_MAX = timedelta(milliseconds=1), timedelta(milliseconds=16)
 _PUT_WAIT_S = 0.1
 
 
@@ -81,7 +102,9 @@ class MQTTSourceStats:
         ack_skipped: Acknowledgements not sent because the connection that delivered
             the message is gone (the broker redelivers those).
         connects: Successful connections (the first one included).
-        queue_full_waits: Times the network thread waited 0.1 s for queue space.
+        subscribed: Subscriptions the broker confirmed (one SUBACK per connection).
+        queue_full_waits: Times the network thread found the queue full and waited
+            (at most 0.1 s each) for the dataflow to take messages.
     """
 
     received: int = 0
@@ -89,6 +112,7 @@ class MQTTSourceStats:
     acked: int = 0
     ack_skipped: int = 0
     connects: int = 0
+    subscribed: int = 0
     queue_full_waits: int = 0
 
     @property
@@ -100,10 +124,13 @@ class MQTTSourceStats:
 class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
     def __init__(self, src: MQTTSource, client_id: str, stats: MQTTSourceStats) -> None:
         self._src, self._client_id, self.stats = src, client_id, stats
-        self._queue: queue.Queue[_Delivery] = queue.Queue(maxsize=src.queue_size)
+        # The handoff: the network thread appends, the worker pops (both atomic under the
+        # GIL); the bound is kept by the network thread waiting on ``_space``.
+        self._queue: deque[_Delivery] = deque()
+        self._space = threading.Event()
         self._lock = threading.Lock()  # orders acks against connection changes
         self._gen = 0  # connection generation: bumped on every connect and disconnect
-        self._client: mqtt.Client | None = None
+        self._client: MQTTClient | None = None
         self._connector: threading.Thread | None = None
         self._ready = False
         self._error: Exception | None = None
@@ -112,7 +139,7 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
         self._sealed: list[_Ack] = []  # emitted in the epoch that ended at the last snapshot
         self._last_activity = 0.0
         self._stopping = False
-        self._idle = False
+        self._wake: timedelta | None = None  # while idle: poll again after this long
 
     # -- network side (connector thread, then paho's thread) --------------------------
     def _connect(self) -> None:
@@ -126,6 +153,7 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
                 setup=self._setup,
                 on_connected=self._on_connected,
                 on_disconnected=self._on_disconnected,
+                on_raw_message=self._on_raw_message,
             )
         except (MQTTConnectError, OSError, ValueError) as exc:
             self._error = exc
@@ -136,8 +164,8 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
             client.loop_stop()
 
     def _setup(self, client: mqtt.Client) -> None:
-        self._client = client
-        client.on_message = self._on_message
+        self._client = cast(MQTTClient, client)  # what MQTTSettings.connect makes
+        client.on_message = self._on_message  # QoS 2, and what the lean path leaves to paho
         client.on_subscribe = self._on_subscribe
 
     def _on_connected(self, client: mqtt.Client, session_present: bool) -> None:
@@ -159,52 +187,63 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
         if refused:
             reason = f"subscription to {self._src.subscriptions()} refused: {refused[0]}"
             self._error = MQTTConnectError(self._src.settings.url, reason)
+        else:
+            self.stats.subscribed += 1
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.stats.received += 1
         try:
             topic = msg.topic
         except UnicodeDecodeError:  # the broker should refuse these; keep the message
             topic = msg._topic.decode("utf-8", "replace")
-        item = (topic, bytes(msg.payload), time.time(), self._gen, msg.mid, msg.qos)
-        while not self._closed.is_set():  # full: block the network thread (TCP backpressure)
-            try:
-                self._queue.put(item, timeout=_PUT_WAIT_S)
-            except queue.Full:
-                self.stats.queue_full_waits += 1
-                continue
-            return
+        self._on_raw_message(topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _on_raw_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self.stats.received += 1
+        queue = self._queue
+        if len(queue) >= self._src.queue_size:  # block the network thread: TCP backpressure
+            self._wait_for_space()
+        queue.append((topic, payload, time.time(), (self._gen, mid, qos) if qos else None))
+
+    def _wait_for_space(self) -> None:
+        size, space = self._src.queue_size, self._space
+        while not self._closed.is_set():
+            space.clear()
+            if len(self._queue) < size:
+                return
+            self.stats.queue_full_waits += 1
+            space.wait(_PUT_WAIT_S)
 
     # -- dataflow side (the worker thread) ---------------------------------------------
     def _ack(self, entries: list[_Ack]) -> None:
         client = self._client
         if not entries or client is None:
             return
-        acked = 0
         with self._lock:  # a reconnect cannot slip in between the check and the send
-            for gen, mid, qos in entries:
-                if gen == self._gen:
+            gen = self._gen
+            live = [mid for g, mid, qos in entries if g == gen and qos == 1]
+            client.ack_many(live)  # one write for all of them
+            for g, mid, qos in entries:
+                if g == gen and qos == 2:
                     client.ack(mid, qos)
-                    acked += 1
-        self.stats.acked += acked
-        self.stats.ack_skipped += len(entries) - acked
+                    live.append(mid)
+        self.stats.acked += len(live)
+        self.stats.ack_skipped += len(entries) - len(live)
 
     def _drain(self) -> list[MQTTMessage]:
-        src, now = self._src, time.monotonic()
-        limit = src.max_batch
+        src, now, queue = self._src, time.monotonic(), self._queue
+        limit = min(src.max_batch, len(queue))
         if src.max_messages is not None:
             limit = min(limit, src.max_messages - self.stats.emitted)
         out: list[MQTTMessage] = []
-        for _ in range(limit):
-            try:
-                topic, payload, at, gen, mid, qos = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            out.append((topic, payload, at))
-            if qos:
-                self._epoch.append((gen, mid, qos))
-        self.stats.emitted += len(out)
-        if out:
+        if limit > 0:
+            pop, emit, seal = queue.popleft, out.append, self._epoch.append
+            for _ in range(limit):
+                topic, payload, at, ack = pop()
+                emit((topic, payload, at))
+                if ack is not None:
+                    seal(ack)
+            self._space.set()
+            self.stats.emitted += limit
             self._last_activity = now
         if src.max_messages is not None and self.stats.emitted >= src.max_messages:
             self._stopping = True
@@ -225,14 +264,21 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
         if self._stopping or not self._ready:
             if self._stopping and not self._epoch:
                 raise StopIteration
-            self._idle = True
+            self._idle()
             return []
         batch = self._drain()
-        self._idle = not batch
+        if batch:
+            self._wake = None
+        else:
+            self._idle()
         return batch
 
+    def _idle(self) -> None:
+        """Poll again soon after traffic (latency), less often the longer it is quiet."""
+        self._wake = _WAKE_MIN if self._wake is None else min(self._wake * 2, _WAKE_MAX)
+
     def next_awake(self) -> datetime | None:
-        return datetime.now(timezone.utc) + _IDLE_WAKE if self._idle else None
+        return None if self._wake is None else datetime.now(timezone.utc) + self._wake
 
     def snapshot(self) -> None:
         self._ack(self._sealed)
@@ -254,9 +300,9 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
     Each partition is one paho client with its own network thread, started on the first
     ``next_batch`` (never in a constructor); it subscribes in ``on_connect`` (so every
     reconnect resubscribes) and fills a bounded queue that ``next_batch`` drains without
-    blocking. When the queue is full the network thread waits, so TCP backpressure
-    reaches the broker (counted in ``queue_full_waits``). Connecting retries for
-    ``settings.connect_timeout_s`` and then ``next_batch`` raises
+    blocking (up to ``max_batch`` at a time). When the queue is full the network thread
+    waits, so TCP backpressure reaches the broker (counted in ``queue_full_waits``).
+    Connecting retries for ``settings.connect_timeout_s`` and then ``next_batch`` raises
     :class:`MQTTConnectError`; bad credentials and TLS failures raise at once.
 
     Parallelism: ``partitions`` clients. Without ``shared_group`` there is one partition
@@ -283,7 +329,8 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
         process_id: Distinguishes independent processes in one shared group.
         partitions: Number of clients (more than one needs ``shared_group``).
         persistent: Keep the session (v5 session expiry / v3.1.1 clean_session=False).
-        queue_size: Bound of the queue; also sent as the v5 receive maximum.
+        queue_size: Bound of the queue; also sent as the v5 receive maximum (at most
+            65535), so with QoS 1 it bounds the messages per epoch (module docstring).
         max_batch: Most messages per ``next_batch``.
         max_messages: Stop after this many messages per partition (tests, replays).
         idle_stop_s: Stop after this long without a message (tests, replays).
@@ -299,7 +346,7 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
     process_id: str = ""
     partitions: int = 1
     persistent: bool = True
-    queue_size: int = 10_000
+    queue_size: int = 30_000
     max_batch: int = 5_000
     max_messages: int | None = None
     idle_stop_s: float | None = None

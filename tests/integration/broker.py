@@ -4,21 +4,17 @@ A :class:`Broker` owns a directory (config, password file, persistence, log) and
 127.0.0.1 port that it keeps across :meth:`Broker.stop` / :meth:`Broker.start`, so a
 test can restart the broker under connected clients. :func:`make_certs` makes a CA, a
 server certificate for ``127.0.0.1``/``localhost`` and a client certificate with the
-``openssl`` command line.
+``openssl`` command line. The broker itself is the product's
+:class:`dataflows.local_broker.LocalBroker` (``find_binary``, ``free_port`` and
+``wait_until`` come from there too).
 """
 
 from __future__ import annotations
 
-import getpass
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +22,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from dataflows.local_broker import LocalBroker, find_binary, free_port, wait_until
 
 __all__ = [
     "PASSWORD",
@@ -42,28 +40,6 @@ __all__ = [
 ]
 
 USER, PASSWORD = "edge", "s3cret-pw"
-
-
-def find_binary(name: str) -> str | None:
-    """``name`` on ``PATH``, or in ``/usr/sbin`` (where Debian puts mosquitto)."""
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(ok: Callable[[], object], timeout: float, what: str, step: float = 0.02) -> None:
-    """Poll ``ok`` until it returns something true; ``TimeoutError`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not ok():
-        if time.monotonic() > deadline:
-            msg = f"timed out after {timeout:g} s waiting for {what}"
-            raise TimeoutError(msg)
-        time.sleep(step)
 
 
 @dataclass(frozen=True)
@@ -112,8 +88,12 @@ def make_certs(d: Path) -> Certs:
     return Certs(ca[0], server[0], server[1], client[0], client[1], other)
 
 
-class Broker:
+class Broker(LocalBroker):
     """One mosquitto process with auth, persistence and a file log in ``root``.
+
+    A :class:`~dataflows.local_broker.LocalBroker` with the tests' user and password,
+    ``max_queued_messages 100000`` and ``max_inflight_messages 1000``; its files are
+    written at construction.
 
     Args:
         binary: The ``mosquitto`` executable.
@@ -125,90 +105,20 @@ class Broker:
     def __init__(
         self, binary: str, root: Path, certs: Certs | None = None, extra: str = ""
     ) -> None:
-        self.binary, self.root, self.certs = binary, root, certs
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = root / "mosquitto.log"
-        self.conf = root / "mosquitto.conf"
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        passwd = root / "passwd"
-        subprocess.run([find_binary("mosquitto_passwd") or "mosquitto_passwd", "-c", "-b",
-                        str(passwd), USER, PASSWORD], check=True, capture_output=True,
-                       timeout=10)  # fmt: skip
         tls = ""
         if certs is not None:
             tls = (f"cafile {certs.ca}\ncertfile {certs.server_cert}\nkeyfile "
                    f"{certs.server_key}\nrequire_certificate true\n")  # fmt: skip
-        self.conf.write_text(
-            f"user {getpass.getuser()}\n"
-            "per_listener_settings false\nallow_anonymous false\n"
-            f"password_file {passwd}\n"
-            f"persistence true\npersistence_location {root / 'data'}/\n"
-            "autosave_interval 0\n"
-            "max_queued_messages 100000\nmax_inflight_messages 1000\n"
-            f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            "log_type subscribe\nlog_timestamp false\n"
-            f"{extra}\n"
-            f"listener {self.port} 127.0.0.1\n{tls}"
-        )
+        super().__init__(root, binary=binary, username=USER, password=PASSWORD,
+                         max_queued_messages=100_000, max_inflight_messages=1000,
+                         tcp_nodelay=False, extra=extra, listener_extra=tls)  # fmt: skip
+        self.certs = certs
+        self.write_config()
 
     def url(self, user: str = USER, password: str = PASSWORD) -> str:
         """The broker URL with credentials (``mqtts://`` for a TLS broker)."""
         scheme = "mqtts" if self.certs is not None else "mqtt"
         return f"{scheme}://{user}:{password}@127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and wait until the port accepts connections."""
-        assert self.proc is None, "broker already running"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
-            )
-        proc = self.proc
-
-        def accepting() -> bool:
-            if proc.poll() is not None:
-                msg = f"mosquitto exited with {proc.returncode}:\n{self.log_text()[-2000:]}"
-                raise RuntimeError(msg)
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            except OSError:
-                return False
-            return True
-
-        wait_until(accepting, timeout, f"mosquitto on port {self.port}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (mosquitto saves its database) and wait; SIGKILL if it hangs."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open but nothing is answered."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def restart(self) -> None:
-        """Stop, then start again on the same port with the same database."""
-        self.stop()
-        self.start()
-
-    def log_text(self) -> str:
-        """Everything mosquitto has logged so far."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def wait_for_log(self, pattern: str, count: int = 1, timeout: float = 10.0) -> None:
         """Wait until the log matches the regex ``pattern`` at least ``count`` times."""

@@ -2,7 +2,8 @@
 
 ``edgewatch run`` runs a flow (by default the air-quality flow on the built-in simulator,
 no broker or configuration needed); ``edgewatch score`` scores a file offline and writes
-one CSV row per input row; ``edgewatch bench`` measures the dataflow's throughput.
+one CSV row per input row; ``edgewatch bench`` measures the dataflow's throughput;
+``edgewatch replay`` publishes a dataset to a broker's ``sensors/<id>/readings``.
 Every option can also be set by an ``EDGEWATCH_*`` variable or a TOML file (``--config``).
 """
 
@@ -19,6 +20,8 @@ from dataflows.settings import SOURCES, ConfigError
 
 __all__ = ["main"]
 
+REPLAY_FORMATS = ("purpleair", "jsonl", "csv", "nab", "skab", "simulator")
+
 _EPILOG = """examples:
   edgewatch run                                   simulator fleet, alerts and a summary
   edgewatch run --sensors 200 --duration 2d       a bigger simulated fleet
@@ -27,6 +30,7 @@ _EPILOG = """examples:
                                                   serve a live broker until Ctrl-C
   edgewatch score data.csv --format nab -o scores.csv
   edgewatch bench --events 200000 --sensors 100 --baseline --json
+  edgewatch replay data.json --format purpleair --broker mqtt://edge@127.0.0.1:1883
 """
 
 
@@ -129,19 +133,113 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="measure the air-quality dataflow's throughput",
         description="Generate events in memory, run them through the real air-quality "
-        "dataflow on one worker, print events/s and a per-stage breakdown. The last line "
-        "is one JSON object.",
+        "dataflow on one worker, print events/s and a per-stage breakdown. With --mqtt, "
+        "publish through a real broker (a private mosquitto unless --broker) into the "
+        "running flow instead and report throughput, loss and publish-to-alert latency "
+        "against a bare subscriber's ceiling. The last line is one JSON object.",
     )
-    bench.add_argument("--events", type=int, default=200_000, help="events (default 200000)")
+    bench.add_argument(
+        "--events",
+        type=int,
+        default=200_000,
+        help="events (default 200000; with --mqtt: messages per full-speed phase)",
+    )
     bench.add_argument("--sensors", type=int, default=100, help="sensors (default 100)")
     bench.add_argument("--batch-size", type=int, default=1000, help="source batch size")
     bench.add_argument(
         "--baseline",
         action="store_true",
-        help="also run the River + op.stateful_map flow and print the ratio",
+        help="also run the River + op.stateful_map flow and print the ratio "
+        "(with --mqtt: a stock paho on_message subscriber)",
     )
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
+    mqtt = bench.add_argument_group("MQTT benchmark (--mqtt)")
+    mqtt.add_argument(
+        "--mqtt",
+        action="store_true",
+        help="benchmark through a real MQTT broker (flow settings such as "
+        "EDGEWATCH_EPOCH_INTERVAL_S and EDGEWATCH_MQTT_QUEUE_SIZE apply)",
+    )
+    mqtt.add_argument(
+        "--broker",
+        metavar="URL",
+        help="use this mqtt://[user:password@]host[:port] broker instead of starting a "
+        "private mosquitto (password also from EDGEWATCH_MQTT_PASSWORD); it needs "
+        "max_queued_messages far above --events, or QoS 0 messages are dropped",
+    )
+    mqtt.add_argument(
+        "--qos",
+        type=int,
+        nargs="+",
+        choices=(0, 1),
+        default=[0, 1],
+        help="QoS levels of the full-speed phases (default: 0 1)",
+    )
+    mqtt.add_argument(
+        "--rate",
+        type=float,
+        default=5000.0,
+        help="msgs/s of the paced QoS 1 latency phase (default 5000; 0 skips it)",
+    )
+    mqtt.add_argument(
+        "--duration",
+        type=float,
+        default=6.0,
+        help="seconds of the latency phase (default 6)",
+    )
+    _replay_parser(sub)
     return p
+
+
+def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser(
+        "replay",
+        help="publish a dataset to sensors/<id>/readings on an MQTT broker",
+        description="Publish a dataset to <prefix>sensors/<id>/readings in event-time "
+        "order, one reading per message in a shape the flow parses (a PurpleAir snapshot: "
+        "one message per sensor row; input that does not parse goes, unchanged, to "
+        "sensors/_unparsed/readings). Paced at 1000 messages/s unless --rate or --max. "
+        "Shows progress on stderr and ends with a count of published and acknowledged "
+        "messages on stdout. Exit status: 0 when the broker acknowledged everything, 1 when "
+        "it cannot be reached, refuses or stalls, 2 for bad input, 130 on Ctrl-C.",
+    )
+    r.add_argument("path", nargs="*", metavar="PATH", help="input file(s); none for simulator")
+    r.add_argument("--format", required=True, choices=REPLAY_FORMATS, help="input format")
+    r.add_argument(
+        "--broker",
+        metavar="URL",
+        help="mqtt[s]://[user[:password]@]host[:port] (default mqtt://127.0.0.1:1883); "
+        "password also from --password-file or EDGEWATCH_MQTT_PASSWORD",
+    )
+    pace = r.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate", type=float, metavar="N", help="N messages/s on a fixed schedule (default 1000)"
+    )
+    pace.add_argument(
+        "--max", action="store_true", help="as fast as possible (at most 1000 in flight)"
+    )
+    r.add_argument("--qos", type=int, choices=(0, 1, 2), default=1, help="QoS (default 1)")
+    r.add_argument("--prefix", help="topic prefix, e.g. site1/ (default none)")
+    r.add_argument("--limit", type=int, metavar="N", help="publish the first N messages only")
+    r.add_argument("--skip-unparsed", action="store_true", help="leave out unparsable input")
+    r.add_argument("--client-id", help="MQTT client id (default edgewatch-replay-<host>-<pid>)")
+    r.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="give up connecting after S seconds of retries (default 10)")  # fmt: skip
+    r.add_argument("--ack-timeout", type=float, default=30.0, metavar="S",
+                   help="fail when acknowledgements stall for S seconds (default 30)")  # fmt: skip
+    for name, what in (("password-file", "file holding the broker password"),
+                       ("ca-file", "CA certificates to verify an mqtts:// broker (PEM)"),
+                       ("cert-file", "client certificate (PEM)"),
+                       ("key-file", "the client certificate's key (PEM)")):  # fmt: skip
+        r.add_argument(f"--{name}", metavar="FILE", help=what)
+    r.add_argument("--config", metavar="FILE", help="TOML settings file")
+    sim = r.add_argument_group("simulator (--format simulator)")
+    sim.add_argument("--sensors", type=int, metavar="N", help="simulated sensors (default 50)")
+    sim.add_argument("--duration", type=_duration, metavar="SPAN",
+                     help="simulated time span, e.g. 6h (default 1d)")  # fmt: skip
+    sim.add_argument("--interval", type=int, metavar="S",
+                     help="simulated seconds between readings (default 120)")  # fmt: skip
+    sim.add_argument("--seed", type=int, metavar="N", help="simulator seed (default 7)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,9 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dataflows.scoring import score_command  # noqa: PLC0415
 
             return score_command(args)
-        from dataflows.bench import bench_command  # noqa: PLC0415
-
-        return bench_command(args)
+        return _replay(args) if args.command == "replay" else _bench(args)
     except ConfigError as exc:
         sys.stderr.write(f"edgewatch: configuration error: {exc}\n")
         return 2
@@ -171,6 +267,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = root_cause(exc)
         sys.stderr.write(f"edgewatch: the flow stopped: {type(cause).__name__}: {cause}\n")
         return 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from dataflows.replay import replay_command  # noqa: PLC0415
+
+    return replay_command(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.mqtt:
+        from dataflows.bench_mqtt import mqtt_bench_command  # noqa: PLC0415
+
+        return mqtt_bench_command(args)
+    from dataflows.bench import bench_command  # noqa: PLC0415
+
+    return bench_command(args)
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -107,8 +107,10 @@ class Settings:
     """How long the broker keeps the subscriber's session (and its queued messages)."""
     mqtt_connect_timeout_s: float = 30.0
     """How long the first connection may retry before the flow stops with an error."""
-    mqtt_queue_size: int = 10_000
-    """Messages buffered between the network thread and the flow (also v5 receive max)."""
+    mqtt_queue_size: int = 30_000
+    """Messages buffered between the network thread and the flow (also v5 receive max):
+    with QoS 1 at most this many per epoch, so it caps the rate at about
+    ``mqtt_queue_size / epoch_interval_s`` messages per second."""
     mqtt_idle_stop_s: float = 0.0
     """Stop the flow after this long without a message (0: run until interrupted)."""
     mqtt_outputs: str = "auto"

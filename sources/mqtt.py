@@ -187,8 +187,12 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
         if refused:
             reason = f"subscription to {self._src.subscriptions()} refused: {refused[0]}"
             self._error = MQTTConnectError(self._src.settings.url, reason)
-        else:
-            self.stats.subscribed += 1
+            return
+        granted = min((rc.value for rc in reason_codes), default=self._src.qos)
+        if granted < self._src.qos:  # e.g. mosquitto's max_qos: the guarantee is weaker
+            logger.warning("%s: the broker granted QoS %d, not %d: messages may be lost",
+                           self._client_id, granted, self._src.qos)  # fmt: skip
+        self.stats.subscribed += 1
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:

@@ -287,3 +287,20 @@ def test_bad_topic_filters_and_options_are_refused_before_connecting(broker: Bro
         with pytest.raises(ValueError):  # noqa: PT011
             MQTTSettings.from_url(url)
     assert "New client connected" not in broker.log_text()
+
+
+def test_a_downgraded_subscription_qos_is_reported(
+    mosquitto: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Broker(mosquitto, tmp_path / "b")
+    with broker.conf.open("a") as conf:  # a listener setting: after the listener line
+        conf.write("\nmax_qos 0\n")
+    broker.start()
+    try:
+        source = MQTTSource(settings=settings(broker), client_id="downgraded", idle_stop_s=1)
+        with caplog.at_level("WARNING", logger="sources.mqtt"):
+            FlowThread(source).join(20)
+        assert source.stats["mqtt"].subscribed == 1
+        assert "downgraded: the broker granted QoS 0, not 1: messages may be lost" in caplog.text
+    finally:
+        broker.stop()

@@ -11,15 +11,15 @@ import pytest
 
 from dataflows.cli import main
 from dataflows.inputs import build_source, iter_messages
-from dataflows.replay import (
+from dataflows.publish import (
     UNPARSED,
     Pacer,
     Progress,
     ReplayMessage,
     ReplayStats,
     check_prefix,
-    replay_messages,
 )
+from dataflows.replay import replay_messages
 from dataflows.settings import Settings
 from operators.parse import ParseLimits, parse_message
 from operators.records import Reading

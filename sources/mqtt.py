@@ -43,7 +43,7 @@ above the largest burst. ``set_tcp_nodelay true`` saves the flow's PUBACK-waitin
 alert sink 40 ms stalls (Nagle's algorithm meeting delayed TCP acknowledgements).
 
 On the client side paho's per-message cost is the bottleneck, so QoS 0/1 messages take
-the lean path of :class:`sources._mqtt_client.MQTTClient` (no ``MQTTMessage`` per
+the lean path of :class:`sources._paho.MQTTClient` (no ``MQTTMessage`` per
 message), reach the worker through a ``deque`` (no lock per message), and are
 acknowledged with one write of PUBACKs per epoch. When the queue is empty the worker
 polls again after 1 ms, doubling to 16 ms while nothing arrives.

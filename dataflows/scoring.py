@@ -7,6 +7,10 @@ the whole file in fleet mode) is imputed and scored as one batch, score before l
 Half-Space Trees need each feature's range. Configured limits are used where given (the
 air-quality default knows ``pm1.0_cf_1``); any other feature's range is estimated from
 the first ``LIMIT_ROWS`` readings, widened by half its span on each side.
+
+``--detector autoencoder|lstm`` scores with the shipped TFLite models instead (fields
+from the model's metadata unless ``--features``); their scores put the model's own
+threshold at 0.5, the default ``--threshold`` for them.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from operators.impute import RunningMeanImputer
 from operators.parse import ParseLimits, parse_message
 from operators.records import Invalid, Reading
 from operators.score import features_matrix
+from operators.tflite_score import MODEL_THRESHOLD, tflite_detector_factory
 
-__all__ = ["LIMIT_ROWS", "estimate_limits", "score_command", "score_readings"]
+__all__ = ["LIMIT_ROWS", "estimate_limits", "score_command", "score_readings", "score_tflite"]
 
 LIMIT_ROWS = 1000
 _log = logging.getLogger(__name__)
@@ -76,6 +81,34 @@ def score_readings(readings: list[Reading], settings: Settings, per_sensor: bool
     return scores
 
 
+def score_tflite(
+    readings: list[Reading],
+    detector: str,
+    features: Sequence[str],
+    per_sensor: bool,
+    calibrate: int = 0,
+) -> list[float]:
+    """Score readings with a shipped TFLite detector, one detector per key; input order."""
+    model, cls, kwargs = tflite_detector_factory(detector, calibrate=calibrate)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(readings):
+        groups[r.sensor_id if per_sensor else "fleet"].append(i)
+    scores = [0.0] * len(readings)
+    for idx in groups.values():
+        x = features_matrix([readings[i] for i in idx], features)
+        for i, s in zip(idx, cls(model, **kwargs).score_learn_many(x).tolist(), strict=True):
+            scores[i] = s
+    return scores
+
+
+def _model_features(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.features:
+        return tuple(f.strip() for f in args.features.split(",") if f.strip())
+    if args.detector == "lstm" and args.format == "nab":
+        return ("value",)
+    return tflite_detector_factory(args.detector)[0].metadata.inputs
+
+
 def _features_for(
     fmt: str, first: Reading | None, settings: Settings, arg: str | None
 ) -> tuple[str, ...]:
@@ -90,8 +123,11 @@ def _features_for(
 
 def score_command(args: argparse.Namespace) -> int:
     """Score ``args.input`` and write ``args.output``; returns the exit status."""
+    threshold = args.threshold
+    if threshold is None and args.detector != "hst":
+        threshold = MODEL_THRESHOLD
     settings = Settings.load(
-        args.config, source=args.format, source_path=(args.input,), threshold=args.threshold
+        args.config, source=args.format, source_path=(args.input,), threshold=threshold
     )
     limits = ParseLimits(settings.max_payload_bytes, max_future_s=float("inf"))
     results: list[Reading | Invalid] = []
@@ -101,14 +137,22 @@ def score_command(args: argparse.Namespace) -> int:
     if not readings:
         msg = f"no valid readings in {args.input} as --format {args.format}"
         raise ConfigError(msg)
-    features = _features_for(args.format, readings[0], settings, args.features)
+    if args.detector == "hst":
+        features = _features_for(args.format, readings[0], settings, args.features)
+    else:
+        features = _model_features(args)
     unknown = [f for f in features if all(f not in r.values for r in readings[:LIMIT_ROWS])]
     if unknown:
         have = ", ".join(sorted(readings[0].values))
         msg = f"feature(s) {', '.join(unknown)} not in the input; it has: {have}"
         raise ConfigError(msg)
-    settings = dataclasses.replace(settings, hst_features=features)
-    scores = iter(score_readings(readings, settings, args.mode == "per-sensor"))
+    per_sensor = args.mode == "per-sensor"
+    if args.detector == "hst":
+        settings = dataclasses.replace(settings, hst_features=features)
+        scores = iter(score_readings(readings, settings, per_sensor))
+    else:
+        calibrate = getattr(args, "calibrate", 0)
+        scores = iter(score_tflite(readings, args.detector, features, per_sensor, calibrate))
     flagged = 0
     with Path(args.output).open("w", newline="") as fh:
         out = csv.writer(fh)

@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TRAIN  := $(VENV)/.installed-train
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test bench lint typecheck unit venv system-deps clean
@@ -14,6 +15,11 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# TensorFlow (edgewatch train) only for the test suite's training smoke test, not `make run`
+$(TRAIN): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	touch $(TRAIN)
 
 venv: $(STAMP)
 
@@ -34,8 +40,12 @@ system-deps:  ## binaries the integration tests run for real (Debian packages)
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto (Debian package) for the broker tests"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; }
+	@{ command -v prometheus && command -v promtool && command -v docker-compose; } >/dev/null 2>&1 || { \
+	  echo "installing prometheus (promtool) and docker-compose (Debian packages) for the deploy tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends prometheus docker-compose; }
 
-unit: $(STAMP) system-deps
+unit: $(TRAIN) system-deps
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit  ## lint, type check and the whole test suite

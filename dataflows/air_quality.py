@@ -33,20 +33,27 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 
 from dataflows.inputs import build_source
+from dataflows.monitoring import instrument_source, serve_metrics
 from dataflows.outputs import add_outputs
 from dataflows.settings import Settings
 from models.halfspace import HalfSpaceTrees
 from operators.alert import to_alert
 from operators.impute import impute
 from operators.keyed import key_batched
-from operators.parse import ParseLimits, parse
+from operators.parse import REASONS, ParseLimits, parse
 from operators.records import Alert, RawMessage, Reading, Scored
 from operators.score import score
 from operators.threshold import threshold
 from sinks.memory import CallbackSink
-from sinks.metrics import ScoreMetricsSink
+from sinks.metrics import (
+    ReadingMetricsSink,
+    ScoreMetricsSink,
+    inference_timer,
+    prepare_flow,
+    set_model_info,
+)
 
-__all__ = ["FLOW_NAME", "build_flow", "hst_factory"]
+__all__ = ["FLOW_NAME", "build_flow", "hst_factory", "hst_params"]
 
 FLOW_NAME = "air_quality"
 FLEET_KEY = "fleet"
@@ -88,7 +95,9 @@ def build_flow(
     """
     idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
     flow = Dataflow(FLOW_NAME)
-    raw = op.input("input", flow, source or build_source(settings, FLOW_NAME))
+    raw = op.input(
+        "input", flow, source or instrument_source(build_source(settings, FLOW_NAME), FLOW_NAME)
+    )
     limits = ParseLimits(
         max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
     )
@@ -100,17 +109,35 @@ def build_flow(
     if by_sensor != (settings.mode == "per-sensor"):
         unkeyed = op.map("unkey", imputed, _value)
         imputed = key_batched("rekey", unkeyed, _key(settings.mode == "per-sensor"))
-    scored = score("score", imputed, "hst", settings.hst_features, hst_factory(settings), idle)
+    timer = inference_timer(FLOW_NAME, "hst")
+    scored = score("score", imputed, "hst", settings.hst_features, hst_factory(settings), idle,
+                   timer)  # fmt: skip
     judged = threshold("threshold", scored, settings.threshold)
     alerts = to_alert("to_alert", judged, FLOW_NAME)
 
     add_outputs(settings, FLOW_NAME, alerts, parsed.errs)
+    prepare_flow(FLOW_NAME, detectors=["hst"], reasons=REASONS, fields=settings.impute_fields)
+    set_model_info(FLOW_NAME, "hst", hst_params(settings))
     op.output("score_metrics", judged, ScoreMetricsSink(FLOW_NAME))
+    op.output("reading_metrics", parsed.oks, ReadingMetricsSink(FLOW_NAME, settings.idle_timeout_s))
     if on_alerts is not None:
         op.output("alerts_cb", alerts, CallbackSink(on_alerts))
     if on_scored is not None:
         op.output("scored_cb", judged, CallbackSink(on_scored))
     return flow
+
+
+def hst_params(s: Settings) -> str:
+    """The Half-Space Trees parameters as one line (``edgewatch_model_info``'s params).
+
+    >>> hst_params(Settings.load(env={}))
+    'n_trees=10 height=8 window_size=72 seed=11 features=pm1.0_cf_1 limits=pm1.0_cf_1:0:1200 \
+threshold=0.7 mode=per-sensor'
+    """
+    limits = ",".join(f"{k}:{lo:g}:{hi:g}" for k, (lo, hi) in s.hst_limits.items())
+    return (f"n_trees={s.hst_trees} height={s.hst_height} window_size={s.hst_window} "
+            f"seed={s.hst_seed} features={','.join(s.hst_features)} limits={limits} "
+            f"threshold={s.threshold:g} mode={s.mode}")  # fmt: skip
 
 
 def _key(by_sensor: bool) -> Callable[[Reading], str]:
@@ -132,7 +159,9 @@ def _value(kv: tuple[str, Reading]) -> Reading:
 def __getattr__(name: str) -> Any:
     """Build ``flow`` lazily (``python -m bytewax.run dataflows.air_quality:flow``)."""
     if name == "flow":
-        built = build_flow(Settings.load())
+        settings = Settings.load()
+        serve_metrics(settings)
+        built = build_flow(settings)
         globals()["flow"] = built
         return built
     msg = f"module {__name__!r} has no attribute {name!r}"

@@ -20,6 +20,7 @@ from dataflows.settings import SOURCES, ConfigError
 
 __all__ = ["main"]
 
+DETECTORS = ("hst", "autoencoder", "lstm")
 REPLAY_FORMATS = ("purpleair", "jsonl", "csv", "nab", "skab", "simulator")
 
 _EPILOG = """examples:
@@ -31,6 +32,8 @@ _EPILOG = """examples:
   edgewatch score data.csv --format nab -o scores.csv
   edgewatch bench --events 200000 --sensors 100 --baseline --json
   edgewatch replay data.json --format purpleair --broker mqtt://edge@127.0.0.1:1883
+  edgewatch train smart-meter-lstm                train a TFLite model (train extra)
+  edgewatch bench --detector lstm                 TFLite inference speed
 """
 
 
@@ -93,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         help="publish alerts/<sensor>, deadletter/<flow> and status/<node> to the broker "
         "(auto: when the source is mqtt)",
     )
+    run.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on HOST:PORT (default 127.0.0.1:9464; '' for none)",
+    )
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads (default 1)")
     run.add_argument(
         "--max-print",
@@ -115,7 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("purpleair", "jsonl", "csv", "nab", "skab"),
         help="input format",
     )
-    score.add_argument("--detector", default="hst", choices=("hst",), help="detector (hst)")
+    score.add_argument(
+        "--detector",
+        default="hst",
+        choices=DETECTORS,
+        help="hst (default), autoencoder (SKAB pump columns) or lstm (one power column)",
+    )
     score.add_argument(
         "--mode",
         default="per-sensor",
@@ -123,6 +136,13 @@ def _parser() -> argparse.ArgumentParser:
         help="one model per sensor (default) or one across all rows",
     )
     score.add_argument("-o", "--output", required=True, metavar="OUT.csv", help="output CSV")
+    score.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="autoencoder: standardise each sensor by its first N rows (SKAB: 400)",
+    )
     score.add_argument("--config", metavar="FILE", help="TOML settings file")
     score.add_argument("--threshold", type=float, help="is_anomaly above this (default 0.7)")
     score.add_argument(
@@ -187,7 +207,13 @@ def _parser() -> argparse.ArgumentParser:
         default=6.0,
         help="seconds of the latency phase (default 6)",
     )
+    bench.add_argument(
+        "--detector",
+        choices=("lstm", "autoencoder"),
+        help="benchmark a TFLite model's inference instead of the dataflow",
+    )
     _replay_parser(sub)
+    _train_parser(sub)
     return p
 
 
@@ -256,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dataflows.scoring import score_command  # noqa: PLC0415
 
             return score_command(args)
-        return _replay(args) if args.command == "replay" else _bench(args)
+        commands = {"replay": _replay, "train": _train}
+        return commands.get(args.command, _bench)(args)
     except ConfigError as exc:
         sys.stderr.write(f"edgewatch: configuration error: {exc}\n")
         return 2
@@ -269,6 +296,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a TFLite model (needs the train extra)",
+        description="Train, convert (float32, builtin ops) and write a model with its "
+        "metadata JSON and reference outputs to models/artifacts/ (or --out); prints the "
+        "validation metrics. Needs pip install -e '.[train]'.",
+    )
+    t.add_argument("model", choices=("pump-autoencoder", "smart-meter-lstm"))
+    t.add_argument("--out", metavar="DIR", help="output folder (default models/artifacts)")
+    t.add_argument("--epochs", type=int, help="training epochs (default 40 / 12)")
+    t.add_argument("--window", type=int, help="feature window (default 10) / LSTM window (200)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--int8", action="store_true", help="also export and compare an int8 model")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from models.train import train_command  # noqa: PLC0415 - needs the train extra
+
+    return train_command(args)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from dataflows.replay import replay_command  # noqa: PLC0415
 
@@ -276,6 +325,10 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.detector:
+        from dataflows.bench import model_bench_command  # noqa: PLC0415
+
+        return model_bench_command(args)
     if args.mqtt:
         from dataflows.bench_mqtt import mqtt_bench_command  # noqa: PLC0415
 

@@ -6,7 +6,8 @@ Every flow writes alerts and invalid input the same way:
   broker as ``<prefix>alerts/<sensor_id>`` when :attr:`Settings.publishes_mqtt`;
 - dead letters (reason + original payload) as JSON lines to ``deadletter_path`` and to
   ``<prefix>deadletter/<flow>`` on the broker;
-- counts to the Prometheus metrics;
+- counts to the Prometheus metrics (alerts, invalid messages by reason, dead letters
+  written to a destination);
 - with MQTT outputs, a retained ``<prefix>status/<node>`` that reads ``online`` while
   the flow runs and ``offline`` after it stopped or died (last will).
 """
@@ -22,7 +23,7 @@ from dataflows.inputs import mqtt_settings
 from dataflows.settings import Settings
 from operators.records import Alert, Invalid
 from sinks.jsonl import JSONLinesSink
-from sinks.metrics import AlertMetricsSink, InvalidMetricsSink
+from sinks.metrics import AlertMetricsSink, DeadLetterMetricsSink, InvalidMetricsSink
 from sinks.mqtt import KeyedPayload, MQTTSink
 
 __all__ = ["add_outputs"]
@@ -44,6 +45,8 @@ def add_outputs(
     if settings.deadletter_path:
         op.output("deadletter_out", dead, JSONLinesSink(settings.deadletter_path))
     op.output("invalid_metrics", invalid, InvalidMetricsSink(flow_name))
+    if settings.deadletter_path or settings.publishes_mqtt:
+        op.output("deadletter_metrics", dead, DeadLetterMetricsSink(flow_name))
     if not settings.publishes_mqtt:
         return
 

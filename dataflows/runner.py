@@ -18,6 +18,7 @@ from bytewax.run import cli_main
 from dataflows.air_quality import FLOW_NAME, build_flow
 from dataflows.evaluation import Evaluation, evaluate_alerts
 from dataflows.inputs import simulator_config
+from dataflows.monitoring import serve_metrics
 from dataflows.settings import Settings
 from operators.records import Alert
 from sinks.metrics import counter_values, metrics
@@ -80,6 +81,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         mqtt_url=args.broker,
         mqtt_group=args.group,
         mqtt_outputs=args.mqtt_outputs,
+        metrics_addr=args.metrics_addr,
     )
     if settings.mqtt_group and args.workers > 1 and settings.mqtt_partitions == 1:
         settings = dataclasses.replace(settings, mqtt_partitions=args.workers)
@@ -91,8 +93,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 def run_command(args: argparse.Namespace) -> int:
     """Run the flow to the end of its input and print the summary."""
     settings = _settings(args)
+    served = serve_metrics(settings)
     out = sys.stdout
     out.write(f"edgewatch run: {FLOW_NAME} flow on {_describe(settings)}\n")
+    if served is not None:
+        out.write(f"metrics: http://{served[0]}:{served[1]}/metrics\n")
     collect = _Collector(max(args.max_print, 0), out, settings.hst_features)
     flow = build_flow(settings, on_alerts=collect)
     before = _counts()

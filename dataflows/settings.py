@@ -127,6 +127,8 @@ class Settings:
     max_future_s: float = 300.0
     idle_timeout_s: float = 86_400.0
     """Drop a sensor's state after this long without readings (0 keeps it forever)."""
+    metrics_addr: str = "127.0.0.1:9464"
+    """Serve Prometheus metrics on ``HOST:PORT`` (``:PORT``: every interface; empty: none)."""
 
     @classmethod
     def load(
@@ -183,6 +185,8 @@ class Settings:
             (self.mqtt_partitions == 1 or bool(self.mqtt_group),
              "mqtt_partitions > 1 needs mqtt_group (else every client gets every message)"),
             (self.epoch_interval_s > 0, "epoch_interval_s must be positive"),
+            (not self.metrics_addr or self.metrics_addr.rpartition(":")[2].isdigit(),
+             "metrics_addr must be HOST:PORT, :PORT or empty (no metrics)"),
             (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair")
              or bool(self.source_path),
              f"source {self.source!r} needs source_path (EDGEWATCH_SOURCE_PATH or --input)"),

@@ -10,6 +10,7 @@ snapshots compact bytes — never ``op.stateful_map``, which deep-copies every e
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Protocol
@@ -58,14 +59,20 @@ class _ScoreLogic(IdleEvictingLogic[Reading, Scored, bytes]):
         features: tuple[str, ...],
         model: BatchDetector,
         idle_timeout: timedelta | None,
+        observe_seconds: Callable[[float], None] | None,
     ) -> None:
         super().__init__(idle_timeout)
         self._detector = detector
         self._features = features
         self._model = model
+        self._observe = observe_seconds
 
     def process(self, values: list[Reading]) -> list[Scored]:
-        scores = self._model.score_learn_many(features_matrix(values, self._features))
+        x = features_matrix(values, self._features)
+        t0 = time.perf_counter()
+        scores = self._model.score_learn_many(x)
+        if self._observe is not None:
+            self._observe(time.perf_counter() - t0)
         return [Scored(tuple(values), self._detector, scores)]
 
     def snapshot(self) -> bytes:
@@ -80,6 +87,7 @@ def score(
     features: Sequence[str],
     new_model: Callable[[], BatchDetector],
     idle_timeout: timedelta | None = timedelta(hours=24),
+    observe_seconds: Callable[[float], None] | None = None,
 ) -> KeyedStream[Scored]:
     """Score each key's readings with its own model, score before learn.
 
@@ -90,6 +98,8 @@ def score(
         features: The reading fields fed to the model, in column order.
         new_model: Builds a fresh model for a key seen for the first time.
         idle_timeout: Drop a key's model after this much wall time without readings.
+        observe_seconds: Called with the wall time of every model call (one key's batch),
+            e.g. an inference-time histogram's ``observe``.
 
     Returns:
         One :class:`Scored` batch per key and Bytewax batch, keyed like ``up``.
@@ -98,6 +108,6 @@ def score(
 
     def build(resume: bytes | None) -> _ScoreLogic:
         model = new_model() if resume is None else pickle.loads(resume)  # noqa: S301
-        return _ScoreLogic(detector, names, model, idle_timeout)
+        return _ScoreLogic(detector, names, model, idle_timeout, observe_seconds)
 
     return op.stateful_batch("score", up, build)

@@ -55,6 +55,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
@@ -140,6 +141,7 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
         self._last_activity = 0.0
         self._stopping = False
         self._wake: timedelta | None = None  # while idle: poll again after this long
+        self._up = False  # connected, as told to the source's connection hooks
 
     # -- network side (connector thread, then paho's thread) --------------------------
     def _connect(self) -> None:
@@ -171,7 +173,10 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
     def _on_connected(self, client: mqtt.Client, session_present: bool) -> None:
         with self._lock:
             self._gen += 1
+            self._up = True
         self.stats.connects += 1
+        if self._src.on_connect is not None:
+            self._src.on_connect(self.stats.connects > 1)
         if self.stats.connects > 1 and self._src.persistent and not session_present:
             logger.warning("%s: the broker lost the session; unacknowledged messages "
                            "it held may be gone", self._client_id)  # fmt: skip
@@ -180,6 +185,9 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
     def _on_disconnected(self) -> None:
         with self._lock:
             self._gen += 1
+            was_up, self._up = self._up, False
+        if was_up and self._src.on_disconnect is not None:
+            self._src.on_disconnect()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[ReasonCode], properties: Any) -> None:  # fmt: skip
@@ -294,6 +302,7 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
         if client is not None:
             client.disconnect()  # unacknowledged messages stay in a persistent session
             client.loop_stop()
+            self._on_disconnected()  # in case paho's thread stopped before telling us
         logger.info("%s closed: %s", self._client_id, self.stats)
 
 
@@ -339,6 +348,10 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
         max_messages: Stop after this many messages per partition (tests, replays).
         idle_stop_s: Stop after this long without a message (tests, replays).
         stats: Counters per partition key, filled as partitions are built.
+        on_connect: Called in the network thread after every successful connection,
+            with ``True`` when it is a reconnect of that partition (for metrics).
+        on_disconnect: Called when a connection that ``on_connect`` announced ends
+            (lost, or closed with the partition).
     """
 
     settings: MQTTSettings
@@ -354,6 +367,8 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
     max_batch: int = 5_000
     max_messages: int | None = None
     idle_stop_s: float | None = None
+    on_connect: Callable[[bool], None] | None = field(default=None, repr=False, compare=False)
+    on_disconnect: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     stats: dict[str, MQTTSourceStats] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

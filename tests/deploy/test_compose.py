@@ -20,9 +20,9 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dataflows.cli import _parser
-from dataflows.local_broker import free_port, wait_until
+from dataflows.local_broker import wait_until
 from dataflows.settings import Settings
-from tests.deploy.conftest import DEPLOY, REPO
+from tests.deploy.conftest import DEPLOY, REPO, deploy_broker, make_auth
 
 SECRETS = ("MQTT_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 FLOW_IMAGES = ("edgewatch", "replayer", "replayer-purpleair")
@@ -157,32 +157,17 @@ def test_mosquitto_config_runs_with_the_init_scripts_password_file(
     mosquitto_binaries: str, tmp_path: Path
 ) -> None:
     auth = tmp_path / "auth"
-    init = subprocess.run(["sh", str(DEPLOY / "mosquitto/make-passwd.sh"), str(auth)],
-                          env={**os.environ, "MQTT_USERNAME": "edge", "MQTT_PASSWORD": "pw-1"},
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    init = make_auth(auth, "edge", "pw-1")
     assert init.returncode == 0, init.stderr
     assert (auth / "passwd").stat().st_mode & 0o077 == 0
     assert "pw-1" not in (auth / "passwd").read_text()
-    refused = subprocess.run(["sh", str(DEPLOY / "mosquitto/make-passwd.sh"), str(auth)],
-                             env={**os.environ, "MQTT_USERNAME": "edge", "MQTT_PASSWORD": ""},
-                             capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    refused = make_auth(auth, "edge", "")
     assert refused.returncode != 0 and "MQTT_PASSWORD is not set" in refused.stderr
 
-    port = free_port()
-    conf = (DEPLOY / "mosquitto/mosquitto.conf").read_text().replace("/mosquitto/", f"{tmp_path}/")
-    conf = conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "mosquitto.conf").write_text(f"user {os.getenv('USER') or 'root'}\n{conf}")
-    with (tmp_path / "log").open("wb") as log:
-        proc = subprocess.Popen([mosquitto_binaries, "-c", str(tmp_path / "mosquitto.conf")],
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
+    with deploy_broker(mosquitto_binaries, tmp_path, {"edge": "pw-1"}) as port:
         assert connect(port, "edge", "pw-1") == 0
         assert connect(port, "edge", "wrong") != 0
         assert connect(port, None, None) != 0  # no anonymous access
-    finally:
-        proc.terminate()
-        proc.wait(10)
     log_text = (tmp_path / "log").read_text()
     assert "Error" not in log_text and "Unknown configuration" not in log_text, log_text
     assert (tmp_path / "data" / "mosquitto.db").exists()  # persistence on

@@ -1,4 +1,9 @@
-"""``edgewatch run``: run the air-quality flow, print alerts readably, end with a summary."""
+"""``edgewatch run``: run the air-quality flow, print alerts readably, end with a summary.
+
+With ``--recovery DIR`` (setting ``recovery_dir``) the run keeps Bytewax recovery
+partitions in ``DIR``: :func:`recovery_config` makes them when the directory has none
+and resumes from them otherwise.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TextIO, cast
 
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from dataflows.air_quality import FLOW_NAME, build_flow
@@ -24,7 +31,7 @@ from operators.records import Alert
 from sinks.metrics import counter_values, metrics
 from sources.simulator import Simulator
 
-__all__ = ["format_alert", "run_command"]
+__all__ = ["epoch_interval", "format_alert", "recovery_config", "run_command"]
 
 
 def format_alert(a: Alert, fields: Sequence[str] = ()) -> str:
@@ -82,6 +89,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         mqtt_group=args.group,
         mqtt_outputs=args.mqtt_outputs,
         metrics_addr=args.metrics_addr,
+        recovery_dir=args.recovery,
+        snapshot_interval_s=args.snapshot_interval,
+        backup_interval_s=args.backup_interval,
     )
     if settings.mqtt_group and args.workers > 1 and settings.mqtt_partitions == 1:
         settings = dataclasses.replace(settings, mqtt_partitions=args.workers)
@@ -107,11 +117,13 @@ def run_command(args: argparse.Namespace) -> int:
         ticker.start()
     start = time.perf_counter()
     interrupted = False
+    recovery = recovery_config(settings, max(args.workers, 1))
     try:
         cast(Callable[..., None], cli_main)(
             flow,
             workers_per_process=max(args.workers, 1),
-            epoch_interval=timedelta(seconds=settings.epoch_interval_s),
+            epoch_interval=epoch_interval(settings),
+            recovery_config=recovery,
         )
     except KeyboardInterrupt:  # a broker source runs until Ctrl-C: still summarise
         interrupted = True
@@ -128,6 +140,43 @@ def run_command(args: argparse.Namespace) -> int:
         evaluation = evaluate_alerts(collect.alerts, labels)
     _summary(out, settings, collect.alerts, _delta(before, after), wall, evaluation)
     return 130 if interrupted else 0
+
+
+def recovery_config(settings: Settings, partitions: int = 1) -> RecoveryConfig | None:
+    """The recovery store of ``settings.recovery_dir``, made (mode 0700) when it has none.
+
+    An existing store is resumed from as it is (its partition count stays): delete the
+    directory to start afresh. ``None`` without ``recovery_dir``.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()) / "rec"
+    >>> s = Settings.load(env={}, recovery_dir=str(d))
+    >>> _ = recovery_config(s, 2); _ = recovery_config(s)  # the second call resumes
+    >>> sorted(p.name for p in d.iterdir()), oct(d.stat().st_mode & 0o777)
+    (['part-0.sqlite3', 'part-1.sqlite3'], '0o700')
+    """
+    if not settings.recovery_dir:
+        return None
+    path = Path(settings.recovery_dir)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not any(path.glob("part-*.sqlite3")):
+        cast(Callable[[Path, int], None], init_db_dir)(path, partitions)
+    make = cast(Callable[[str, timedelta], RecoveryConfig], RecoveryConfig)
+    return make(str(path), timedelta(seconds=settings.backup_interval_s))
+
+
+def epoch_interval(settings: Settings) -> timedelta:
+    """Epoch length: with recovery on, the snapshot interval (when set).
+
+    >>> epoch_interval(Settings.load(env={}, recovery_dir="r", snapshot_interval_s=5))
+    datetime.timedelta(seconds=5)
+    >>> epoch_interval(Settings.load(env={}, snapshot_interval_s=5))
+    datetime.timedelta(seconds=1)
+    """
+    seconds = settings.epoch_interval_s
+    if settings.recovery_dir and settings.snapshot_interval_s:
+        seconds = settings.snapshot_interval_s
+    return timedelta(seconds=seconds)
 
 
 def _describe(s: Settings) -> str:

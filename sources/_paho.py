@@ -38,6 +38,9 @@ class MQTTClient(mqtt.Client):
     """
 
     on_raw_message: RawMessageHandler | None = None
+    raw_dup: bool = False
+    """The DUP flag of the PUBLISH being handed to ``on_raw_message`` (read it there):
+    set when the broker sends the message again, e.g. after a reconnect."""
 
     def ack_many(self, mids: Sequence[int]) -> None:
         """Acknowledge QoS 1 messages (``manual_ack``): their PUBACKs in one write.
@@ -81,6 +84,7 @@ class MQTTClient(mqtt.Client):
             pos += length
         if not topic or pos > len(data):
             return super()._handle_publish()
+        self.raw_dup = bool(packet["command"] & 0x08)
         handler(topic.decode("utf-8", "replace"), bytes(data[pos:]), mid, qos)
         if qos and not self._manual_ack:
             return self._send_puback(mid)

@@ -26,6 +26,19 @@ over only after the broker has released it (PUBREL), so a crash loses it: use Qo
 Restoring the Bytewax recovery store from an older backup does not bring back messages
 acknowledged since.
 
+Redeliveries the dataflow already has
+-------------------------------------
+A message can reach the dataflow and still be sent again: its acknowledgement was
+skipped because the connection dropped (a broker restart), or the process died after
+the epoch holding it completed but before the acknowledgement left (with recovery on,
+Bytewax resumes from that epoch's snapshots, which have learned the message). Scoring
+it again would teach the per-sensor models a reading twice and shift every later score.
+So the partition remembers the packet ids of the messages it emitted and has not
+acknowledged, and keeps them in its snapshot; a QoS 1 message that the broker marks as
+sent again (DUP) with one of those ids is not emitted, only acknowledged with the
+current epoch. Brokers send such redeliveries before anything new after a reconnect, so
+the ids of earlier connections are forgotten at the first new message.
+
 Throughput and the broker
 -------------------------
 Unacknowledged messages are held for up to an epoch, so with QoS 1 a partition takes
@@ -54,6 +67,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +101,8 @@ logger = logging.getLogger(__name__)
 
 MQTTMessage = tuple[str, bytes, float]
 _Ack = tuple[int, int, int]  # generation, mid, qos
-_Delivery = tuple[str, bytes, float, _Ack | None]  # topic, payload, received at, ack
+_Delivery = tuple[str, bytes, float, _Ack | None, bool]  # topic, payload, at, ack, dup
+_RESUMED = -1  # the generation of packet ids taken from a snapshot
 _WAKE_MIN, _WAKE_MAX = timedelta(milliseconds=1), timedelta(milliseconds=16)
 _PUT_WAIT_S = 0.1
 
@@ -106,6 +121,8 @@ class MQTTSourceStats:
         subscribed: Subscriptions the broker confirmed (one SUBACK per connection).
         queue_full_waits: Times the network thread found the queue full and waited
             (at most 0.1 s each) for the dataflow to take messages.
+        redelivered: Messages sent again (DUP) that the dataflow already had: not
+            emitted, only acknowledged (module docstring).
     """
 
     received: int = 0
@@ -115,6 +132,7 @@ class MQTTSourceStats:
     connects: int = 0
     subscribed: int = 0
     queue_full_waits: int = 0
+    redelivered: int = 0
 
     @property
     def reconnects(self) -> int:
@@ -122,8 +140,10 @@ class MQTTSourceStats:
         return max(self.connects - 1, 0)
 
 
-class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
-    def __init__(self, src: MQTTSource, client_id: str, stats: MQTTSourceStats) -> None:
+class _MQTTPartition(StatefulSourcePartition[MQTTMessage, bytes]):
+    def __init__(
+        self, src: MQTTSource, client_id: str, stats: MQTTSourceStats, resume: bytes | None
+    ) -> None:
         self._src, self._client_id, self.stats = src, client_id, stats
         # The handoff: the network thread appends, the worker pops (both atomic under the
         # GIL); the bound is kept by the network thread waiting on ``_space``.
@@ -142,6 +162,9 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
         self._stopping = False
         self._wake: timedelta | None = None  # while idle: poll again after this long
         self._up = False  # connected, as told to the source's connection hooks
+        # Emitted QoS 1 messages not acknowledged yet: packet id -> connection generation.
+        self._unacked: dict[int, int] = dict.fromkeys(_unpack_ids(resume), _RESUMED)
+        self._fresh_gen = 0  # the last generation that delivered a message not sent before
 
     # -- network side (connector thread, then paho's thread) --------------------------
     def _connect(self) -> None:
@@ -207,14 +230,19 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
             topic = msg.topic
         except UnicodeDecodeError:  # the broker should refuse these; keep the message
             topic = msg._topic.decode("utf-8", "replace")
-        self._on_raw_message(topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._put(topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.dup))
 
     def _on_raw_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        client = self._client
+        self._put(topic, payload, mid, qos, client is not None and client.raw_dup)
+
+    def _put(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
         self.stats.received += 1
         queue = self._queue
         if len(queue) >= self._src.queue_size:  # block the network thread: TCP backpressure
             self._wait_for_space()
-        queue.append((topic, payload, time.time(), (self._gen, mid, qos) if qos else None))
+        ack = (self._gen, mid, qos) if qos else None
+        queue.append((topic, payload, time.time(), ack, dup))
 
     def _wait_for_space(self) -> None:
         size, space = self._src.queue_size, self._space
@@ -238,6 +266,10 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
                 if g == gen and qos == 2:
                     client.ack(mid, qos)
                     live.append(mid)
+        unacked = self._unacked
+        for mid in live:
+            if unacked.get(mid) == gen:
+                del unacked[mid]
         self.stats.acked += len(live)
         self.stats.ack_skipped += len(entries) - len(live)
 
@@ -248,20 +280,36 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
             limit = min(limit, src.max_messages - self.stats.emitted)
         out: list[MQTTMessage] = []
         if limit > 0:
-            pop, emit, seal = queue.popleft, out.append, self._epoch.append
+            pop, emit, seal, unacked = queue.popleft, out.append, self._epoch.append, self._unacked
             for _ in range(limit):
-                topic, payload, at, ack = pop()
-                emit((topic, payload, at))
+                topic, payload, at, ack, dup = pop()
                 if ack is not None:
                     seal(ack)
+                    gen, mid, qos = ack
+                    if qos == 1:
+                        if dup and mid in unacked:  # already in the dataflow: only ack it
+                            del unacked[mid]
+                            self.stats.redelivered += 1
+                            continue
+                        if not dup and gen != self._fresh_gen:
+                            self._forget_before(gen)
+                        unacked[mid] = gen
+                emit((topic, payload, at))
             self._space.set()
-            self.stats.emitted += limit
+            self.stats.emitted += len(out)
             self._last_activity = now
         if src.max_messages is not None and self.stats.emitted >= src.max_messages:
             self._stopping = True
         elif src.idle_stop_s is not None and now - self._last_activity >= src.idle_stop_s:
             self._stopping = True
         return out
+
+    def _forget_before(self, gen: int) -> None:
+        """The broker sends redeliveries first: ids of older connections are done with."""
+        self._fresh_gen = gen
+        unacked = self._unacked
+        for mid in [m for m, g in unacked.items() if g < gen]:
+            del unacked[mid]
 
     def next_batch(self) -> list[MQTTMessage]:
         if self._connector is None:
@@ -292,9 +340,12 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
     def next_awake(self) -> datetime | None:
         return None if self._wake is None else datetime.now(timezone.utc) + self._wake
 
-    def snapshot(self) -> None:
+    def snapshot(self) -> bytes:
+        """Packet ids the dataflow has and the broker may still send again (compact)."""
         self._ack(self._sealed)
         self._sealed, self._epoch = self._epoch, []
+        ids = self._unacked.keys() | {mid for _, mid, qos in self._sealed if qos == 1}
+        return array("H", sorted(ids)).tobytes()
 
     def close(self) -> None:
         self._closed.set()
@@ -307,7 +358,7 @@ class _MQTTPartition(StatefulSourcePartition[MQTTMessage, None]):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
+class MQTTSource(FixedPartitionedSource[MQTTMessage, bytes]):
     """Subscribe to MQTT topic filters: ``(topic, payload, received_at)`` per message.
 
     Each partition is one paho client with its own network thread, started on the first
@@ -329,8 +380,11 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
     Delivery: at-least-once for QoS 1 with a persistent session (the default): a
     message is acknowledged only after the epoch that emitted it is complete (see the
     module docstring), and anything unacknowledged is redelivered after a crash or a
-    reconnect, possibly as a duplicate. QoS 0 is at-most-once. The snapshot is ``None``:
-    the broker's session, not Bytewax, remembers the position.
+    reconnect; a redelivery of a message the dataflow already has (its state resumed
+    from a snapshot that learned it) is dropped by packet id, so with Bytewax recovery a
+    reading is processed once. QoS 0 is at-most-once. The broker's session, not Bytewax,
+    remembers the position: the snapshot only holds the packet ids emitted and not yet
+    acknowledged (2 bytes each).
 
     Attributes:
         settings: How to reach the broker.
@@ -412,9 +466,18 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage, None]):
             return ["mqtt"]
         return [f"w{i}" for i in range(self.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _MQTTPartition:
-        """Build a partition; it connects on its first batch."""
+    def build_part(self, step_id: str, for_part: str, resume_state: bytes | None) -> _MQTTPartition:
+        """Build a partition (connecting on its first batch); skip ``resume_state``'s ids."""
         cid = self.base_client_id()
         cid = cid if self.shared_group is None else f"{cid}-{for_part}"
         stats = self.stats.setdefault(for_part, MQTTSourceStats())
-        return _MQTTPartition(self, cid, stats)
+        return _MQTTPartition(self, cid, stats, resume_state)
+
+
+def _unpack_ids(state: bytes | None) -> array[int]:
+    """Packet ids from a snapshot.
+
+    >>> list(_unpack_ids(array("H", [3, 65535]).tobytes())), list(_unpack_ids(None))
+    ([3, 65535], [])
+    """
+    return array("H", state or b"")

@@ -9,6 +9,9 @@ The flow::
                     │                                                        └─► metrics
                     └─► invalid ─► dead letters + metrics
 
+With ``max_rate_per_sensor`` set, a per-sensor rate limit (:mod:`operators.limits`) sits
+between parse and key; the readings it refuses join the invalid stream.
+
 The input is the simulator, a file, the PurpleAir API or an MQTT broker
 (``EDGEWATCH_SOURCE=mqtt``, ``EDGEWATCH_MQTT_URL``, ``EDGEWATCH_MQTT_TOPICS``, …); alerts
 and dead letters go to JSON lines and, with MQTT, to ``alerts/<sensor_id>`` and
@@ -34,13 +37,14 @@ from bytewax.operators import KeyedStream
 
 from dataflows.inputs import build_source
 from dataflows.monitoring import instrument_source, serve_metrics
-from dataflows.outputs import add_outputs
+from dataflows.outputs import add_outputs, add_scored_output
 from dataflows.settings import Settings
 from models.halfspace import HalfSpaceTrees
 from operators.alert import to_alert
 from operators.impute import impute
 from operators.keyed import key_batched
-from operators.parse import REASONS, ParseLimits, parse
+from operators.limits import rate_limit
+from operators.parse import REASONS, ParseLimits, ParseOut, parse
 from operators.records import Alert, RawMessage, Reading, Scored
 from operators.score import score
 from operators.threshold import threshold
@@ -102,6 +106,10 @@ def build_flow(
         max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
     )
     parsed = parse("parse", raw, limits)
+    if settings.max_rate_per_sensor > 0:
+        limited = rate_limit("rate_limit", parsed.oks, settings.max_rate_per_sensor,
+                             settings.rate_window_s)  # fmt: skip
+        parsed = ParseOut(limited.oks, op.merge("invalid", parsed.errs, limited.errs))
 
     by_sensor = settings.impute_scope == "sensor"
     keyed: KeyedStream[Reading] = key_batched("key", parsed.oks, _key(by_sensor))
@@ -116,6 +124,7 @@ def build_flow(
     alerts = to_alert("to_alert", judged, FLOW_NAME)
 
     add_outputs(settings, FLOW_NAME, alerts, parsed.errs)
+    add_scored_output(settings, judged)
     prepare_flow(FLOW_NAME, detectors=["hst"], reasons=REASONS, fields=settings.impute_fields)
     set_model_info(FLOW_NAME, "hst", hst_params(settings))
     op.output("score_metrics", judged, ScoreMetricsSink(FLOW_NAME))

@@ -29,11 +29,13 @@ _EPILOG = """examples:
   edgewatch run --source purpleair --input data.json --mode fleet
   edgewatch run --source mqtt --broker mqtt://edge@127.0.0.1:1883
                                                   serve a live broker until Ctrl-C
+  edgewatch run --source mqtt --recovery state/   resume after a crash (kill -9)
   edgewatch score data.csv --format nab -o scores.csv
   edgewatch bench --events 200000 --sensors 100 --baseline --json
   edgewatch replay data.json --format purpleair --broker mqtt://edge@127.0.0.1:1883
   edgewatch train smart-meter-lstm                train a TFLite model (train extra)
   edgewatch bench --detector lstm                 TFLite inference speed
+  edgewatch bench --soak --seconds 60             RSS under a churn of 100,000 sensors
 """
 
 
@@ -100,6 +102,25 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-addr",
         metavar="HOST:PORT",
         help="serve Prometheus metrics on HOST:PORT (default 127.0.0.1:9464; '' for none)",
+    )
+    run.add_argument(
+        "--recovery",
+        metavar="DIR",
+        help="keep Bytewax recovery partitions in DIR (made, mode 0700, when missing; "
+        "resumed from otherwise)",
+    )
+    run.add_argument(
+        "--snapshot-interval",
+        type=float,
+        metavar="S",
+        help="with --recovery: seconds between snapshots, also the epoch (default: "
+        "epoch_interval_s, 1)",
+    )
+    run.add_argument(
+        "--backup-interval",
+        type=float,
+        metavar="S",
+        help="with --recovery: keep old snapshots S seconds for a lagging backup (default 0)",
     )
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads (default 1)")
     run.add_argument(
@@ -207,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
         default=6.0,
         help="seconds of the latency phase (default 6)",
     )
+    _soak_args(bench)
     bench.add_argument(
         "--detector",
         choices=("lstm", "autoencoder"),
@@ -215,6 +237,26 @@ def _parser() -> argparse.ArgumentParser:
     _replay_parser(sub)
     _train_parser(sub)
     return p
+
+
+def _soak_args(bench: argparse.ArgumentParser) -> None:
+    soak = bench.add_argument_group("memory soak (--soak)")
+    soak.add_argument(
+        "--soak",
+        type=int,
+        nargs="?",
+        const=100_000,
+        metavar="SENSORS",
+        help="run a churn of SENSORS sensors (default 100000) through the flow for --seconds "
+        "and print RSS over time: it must level off as idle sensors are evicted",
+    )
+    soak.add_argument("--seconds", type=float, default=60.0, help="soak wall time (default 60)")
+    soak.add_argument("--active", type=int, default=1000,
+                      help="sensors sending at any one time (default 1000)")  # fmt: skip
+    soak.add_argument("--idle-timeout", type=float, default=5.0, metavar="S",
+                      help="evict a sensor's state after S s idle (default 5)")  # fmt: skip
+    soak.add_argument("--report-every", type=float, default=5.0, metavar="S",
+                      help="print RSS every S seconds (default 5)")  # fmt: skip
 
 
 def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -329,6 +371,10 @@ def _bench(args: argparse.Namespace) -> int:
         from dataflows.bench import model_bench_command  # noqa: PLC0415
 
         return model_bench_command(args)
+    if args.soak:
+        from dataflows.bench_soak import soak_command  # noqa: PLC0415
+
+        return soak_command(args)
     if args.mqtt:
         from dataflows.bench_mqtt import mqtt_bench_command  # noqa: PLC0415
 

@@ -8,6 +8,8 @@ Every flow writes alerts and invalid input the same way:
   ``<prefix>deadletter/<flow>`` on the broker;
 - counts to the Prometheus metrics (alerts, invalid messages by reason, dead letters
   written to a destination);
+- optionally every scored reading as a ``{"sensor_id", "ts", "score"}`` JSON line to
+  ``scored_path`` (:func:`add_scored_output`), to count and audit what was processed;
 - with MQTT outputs, a retained ``<prefix>status/<node>`` that reads ``online`` while
   the flow runs and ``offline`` after it stopped or died (last will).
 """
@@ -17,16 +19,17 @@ from __future__ import annotations
 import socket
 
 import bytewax.operators as op
+import orjson
 from bytewax.dataflow import Stream
 
 from dataflows.inputs import mqtt_settings
 from dataflows.settings import Settings
-from operators.records import Alert, Invalid
+from operators.records import Alert, Invalid, Scored
 from sinks.jsonl import JSONLinesSink
 from sinks.metrics import AlertMetricsSink, DeadLetterMetricsSink, InvalidMetricsSink
 from sinks.mqtt import KeyedPayload, MQTTSink
 
-__all__ = ["add_outputs"]
+__all__ = ["add_outputs", "add_scored_output", "scored_lines"]
 
 
 def add_outputs(
@@ -75,3 +78,25 @@ def add_outputs(
         op.map("deadletter_mqtt_item", dead, keyed_dead),
         sink("deadletter/{key}", "deadletter"),
     )
+
+
+def scored_lines(item: tuple[str, Scored]) -> list[bytes]:
+    """One JSON line per reading of a scored batch (``ts`` in epoch seconds).
+
+    >>> from datetime import datetime, timezone
+    >>> import numpy as np
+    >>> from operators.records import Reading
+    >>> r = Reading("7", datetime(2024, 4, 1, tzinfo=timezone.utc), {"pm": 1.0}, "mqtt")
+    >>> scored_lines(("7", Scored((r,), "hst", np.array([0.25]))))
+    [b'{"sensor_id":"7","ts":1711929600.0,"score":0.25}']
+    """
+    _, s = item
+    return [orjson.dumps({"sensor_id": r.sensor_id, "ts": r.ts.timestamp(), "score": float(v)})
+            for r, v in zip(s.readings, s.scores.tolist(), strict=True)]  # fmt: skip
+
+
+def add_scored_output(settings: Settings, scored: Stream[tuple[str, Scored]]) -> None:
+    """Write every scored reading to ``settings.scored_path`` as JSON lines, if set."""
+    if settings.scored_path:
+        lines = op.flat_map("scored_json", scored, scored_lines)
+        op.output("scored_out", lines, JSONLinesSink(settings.scored_path))

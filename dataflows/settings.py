@@ -123,8 +123,25 @@ class Settings:
     epoch_interval_s: float = 1.0
     """Bytewax epoch length for ``edgewatch run``; MQTT messages are acknowledged when
     the epoch holding them is done."""
+    recovery_dir: str = ""
+    """Bytewax recovery store for ``edgewatch run`` (made, mode 0700, when missing;
+    resumed from otherwise); empty: no recovery."""
+    snapshot_interval_s: float = 0.0
+    """With recovery: seconds between state snapshots, which are also the epochs
+    (0: ``epoch_interval_s``)."""
+    backup_interval_s: float = 0.0
+    """With recovery: how long old snapshots are kept for a backup of the store to lag."""
+    scored_path: str = ""
+    """JSON-lines file with one ``{sensor_id, ts, score}`` line per scored reading
+    (empty: none); for audits and the crash tests."""
     max_payload_bytes: int = 256 * 1024
     max_future_s: float = 300.0
+    max_rate_per_sensor: float = 0.0
+    """Readings/s one sensor may send, averaged over ``rate_window_s``; readings over it
+    are dead letters (``rate_limited``). 0: no limit."""
+    rate_window_s: float = 10.0
+    """Seconds the per-sensor rate is averaged over (a sensor may burst
+    ``max_rate_per_sensor * rate_window_s`` readings)."""
     idle_timeout_s: float = 86_400.0
     """Drop a sensor's state after this long without readings (0 keeps it forever)."""
     metrics_addr: str = "127.0.0.1:9464"
@@ -185,6 +202,10 @@ class Settings:
             (self.mqtt_partitions == 1 or bool(self.mqtt_group),
              "mqtt_partitions > 1 needs mqtt_group (else every client gets every message)"),
             (self.epoch_interval_s > 0, "epoch_interval_s must be positive"),
+            (self.snapshot_interval_s >= 0 and self.backup_interval_s >= 0,
+             "snapshot_interval_s and backup_interval_s must not be negative"),
+            (self.max_rate_per_sensor >= 0 and self.rate_window_s > 0,
+             "max_rate_per_sensor must be >= 0 (0: off) and rate_window_s positive"),
             (not self.metrics_addr or self.metrics_addr.rpartition(":")[2].isdigit(),
              "metrics_addr must be HOST:PORT, :PORT or empty (no metrics)"),
             (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair")

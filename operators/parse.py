@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,7 +40,7 @@ from bytewax.dataflow import Stream, operator
 
 from operators.records import Invalid, RawMessage, Reading
 
-__all__ = ["REASONS", "ParseLimits", "ParseOut", "parse", "parse_message"]
+__all__ = ["RATE_LIMITED", "REASONS", "ParseLimits", "ParseOut", "parse", "parse_message", "split"]
 
 PAYLOAD_TOO_LARGE = "payload_too_large"
 MALFORMED_JSON = "malformed_json"
@@ -56,6 +57,7 @@ TOO_MANY_VALUES = "too_many_values"
 NON_NUMERIC_VALUE = "non_numeric_value"
 NON_FINITE_VALUE = "non_finite_value"
 MALFORMED_ROW = "malformed_row"
+RATE_LIMITED = "rate_limited"  # given by operators.limits, after parsing
 REASONS = (
     PAYLOAD_TOO_LARGE,
     MALFORMED_JSON,
@@ -72,6 +74,7 @@ REASONS = (
     NON_NUMERIC_VALUE,
     NON_FINITE_VALUE,
     MALFORMED_ROW,
+    RATE_LIMITED,
 )
 """Every reason an :class:`Invalid` can carry (a fixed set: it is a metric label)."""
 
@@ -93,6 +96,8 @@ _UTC = timezone.utc
 _NUMBER_TYPES = frozenset({int, float})
 _CACHE_SIZE = 65_536
 _SID_CACHE: dict[str | int, str] = {}  # raw id -> validated id (valid ids only)
+_SHORT = reprlib.Repr()  # bounded depth and length: safe for any decoded JSON
+_SHORT.maxstring = _SHORT.maxother = 40
 _TS_CACHE: list[tuple[Any, float, datetime]] = [(None, 0.0, datetime(2000, 1, 1, tzinfo=_UTC))]
 
 
@@ -155,9 +160,9 @@ def parse_message(
                 else (NOT_AN_OBJECT, "empty JSON array: no reading")
             )
             return [Invalid(reason, detail, raw, origin, received_at)]
-        return [_one(item, item, origin, received_at, topic_id, limits) for item in obj]
+        return [_one(item, _Item(item, raw), origin, received_at, topic_id, limits) for item in obj]
     if type(obj) is dict and "fields" in obj and "data" in obj:
-        return _response(obj, origin, received_at, topic_id, limits)
+        return _response(obj, raw, origin, received_at, topic_id, limits)
     return [_one(obj, raw, origin, received_at, topic_id, limits, raw is not obj)]
 
 
@@ -193,13 +198,29 @@ def _one(
             detail = "expected a sensor_id/values reading or a PurpleAir sensor object"
             raise _Bad(UNKNOWN_FORMAT, detail)
     except _Bad as bad:
-        payload = raw if isinstance(raw, (bytes, dict)) else orjson.dumps(raw, default=repr)
+        payload = raw.payload() if type(raw) is _Item else raw
         return Invalid(bad.reason, bad.detail, payload, origin, received_at)
     return Reading(sid, ts, values, origin, (), received_at)
 
 
+class _Item:
+    """One item of a JSON array, for its dead letter: the item's JSON, else the array's."""
+
+    __slots__ = ("item", "whole")
+
+    def __init__(self, item: Any, whole: bytes | dict[str, Any]) -> None:
+        self.item, self.whole = item, whole
+
+    def payload(self) -> bytes | dict[str, Any]:
+        try:
+            return orjson.dumps(self.item, default=repr)
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
+            return self.whole
+
+
 def _response(
     obj: dict[str, Any],
+    whole: bytes | dict[str, Any],
     origin: str,
     received_at: float,
     topic_id: str | None,
@@ -207,10 +228,11 @@ def _response(
 ) -> list[Reading | Invalid]:
     fields, data = obj["fields"], obj["data"]
     if not isinstance(fields, list) or not isinstance(data, list):
-        return [Invalid(UNKNOWN_FORMAT, "fields and data must be lists", obj, origin)]
+        detail = "fields and data must be lists"
+        return [Invalid(UNKNOWN_FORMAT, detail, whole, origin, received_at)]
     if len(data) > limits.max_array_items:
         detail = f"{len(data)} rows > limit {limits.max_array_items}"
-        return [Invalid(PAYLOAD_TOO_LARGE, detail, obj, origin, received_at)]
+        return [Invalid(PAYLOAD_TOO_LARGE, detail, whole, origin, received_at)]
     stamp = obj.get("data_time_stamp")
     out: list[Reading | Invalid] = []
     for row in data:
@@ -219,7 +241,7 @@ def _response(
         else:
             row_obj = dict(zip(fields, row, strict=True))
             row_obj.setdefault("data_time_stamp", stamp)
-        out.append(_one(row_obj, row_obj, origin, received_at, topic_id, limits))
+        out.append(_one(row_obj, _Item(row_obj, whole), origin, received_at, topic_id, limits))
     return out
 
 
@@ -230,10 +252,10 @@ def _sensor_id(value: Any, topic_id: str | None, limits: ParseLimits) -> str:
             msg = f"payload names {sid!r}, topic names {topic_id!r}"
             raise _Bad(SENSOR_ID_MISMATCH, msg)
         return sid
-    if value is None:
+    if value is None:  # the topic's id is checked like a payload's
         if topic_id is None:
             raise _Bad(MISSING_SENSOR_ID, "no sensor_id in the payload or the topic")
-        return topic_id
+        value = topic_id
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise _Bad(BAD_SENSOR_ID, f"sensor id must be a string, got {type(value).__name__}")
     sid = str(value)
@@ -330,7 +352,7 @@ def _checked(vals: dict[Any, Any]) -> dict[str, float | None]:
                 raise _Bad(NON_FINITE_VALUE, f"{key[:40]}={str(v)[:40]} is not finite")
             out[key] = v
         else:
-            raise _Bad(NON_NUMERIC_VALUE, f"{key[:40]}={str(v)[:40]!r} is not a number")
+            raise _Bad(NON_NUMERIC_VALUE, f"{key[:40]}={_SHORT.repr(v)} is not a number")
     return out
 
 
@@ -344,9 +366,9 @@ def _topic_sensor(origin: str) -> str | None:
 
 
 def _json_reason(raw: bytes) -> str:
-    """Tell NaN/Infinity literals (valid for Python, not JSON) from plain garbage."""
+    """Tell NaN/Infinity literals and out-of-range numbers from plain garbage."""
     try:
-        json.loads(raw, parse_constant=_reject_constant)
+        json.loads(raw, parse_constant=_reject_constant, parse_float=_finite, parse_int=_finite)
     except _Bad:
         return NON_FINITE_VALUE
     except (ValueError, RecursionError):
@@ -358,9 +380,17 @@ def _reject_constant(name: str) -> float:
     raise _Bad(NON_FINITE_VALUE, name)
 
 
+def _finite(text: str) -> float:
+    """A JSON number's value as a float; one beyond float range (``1e999``) is refused."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Bad(NON_FINITE_VALUE, text[:40])
+    return value
+
+
 @dataclass(frozen=True)
 class ParseOut:
-    """The two streams ``parse`` splits into."""
+    """The two streams ``parse`` (or ``split``, or ``limits.rate_limit``) splits into."""
 
     oks: Stream[Reading]
     """Well-formed readings."""
@@ -391,10 +421,23 @@ def parse(
             out.extend(parse_message(origin, payload, received_at, limits))
         return out
 
-    parsed = op.flat_map_batch("parse", up, parse_batch)
+    return split("split", op.flat_map_batch("parse", up, parse_batch))
+
+
+@operator
+def split(step_id: str, up: Stream[Reading | Invalid]) -> ParseOut:
+    """Split a mixed stream into its readings (``oks``) and invalid records (``errs``).
+
+    Args:
+        step_id: Unique ID.
+        up: Readings and invalid records.
+
+    Returns:
+        Both streams, each in the order of ``up``.
+    """
     # Two batch filters cost one Python call per batch; ``op.branch`` costs one per item.
-    oks = op.flat_map_batch("oks", parsed, _readings)
-    errs = op.flat_map_batch("errs", parsed, _invalids)
+    oks = op.flat_map_batch("oks", up, _readings)
+    errs = op.flat_map_batch("errs", up, _invalids)
     return ParseOut(oks, errs)
 
 

@@ -252,4 +252,8 @@ def _dumps_lenient(obj: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS, default=repr)
     except (TypeError, orjson.JSONEncodeError):
+        pass
+    try:
         return repr(obj).encode("utf-8", errors="replace")
+    except RecursionError:  # nested deeper than repr goes: keep what identifies it
+        return f"<payload nested too deeply to print; keys {list(obj)[:20]!r}>".encode()

@@ -258,6 +258,7 @@ class _ActiveSensors:
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self.last: dict[str, float] = {}
+        self.pruned = time.time()
         self.lock = threading.Lock()
 
     def count(self) -> float:
@@ -280,9 +281,13 @@ def _observe_readings(flow: str, active: _ActiveSensors, items: list[ReadingLike
     received = np.fromiter(map(_get_received, items), np.float64, n)
     lag = received - np.fromiter(map(epoch.__getitem__, stamps), np.float64, n)
     metrics().lag.observe_many((flow,), lag[received > 0])  # 0: the source gave no time
-    ids = dict.fromkeys(map(_get_id, items), time.time())
+    now = time.time()
+    ids = dict.fromkeys(map(_get_id, items), now)
     with active.lock:
         active.last.update(ids)
+    if active.window_s > 0 and now >= active.pruned + active.window_s:
+        active.pruned = now  # forget silent sensors even when nobody scrapes
+        active.count()
 
 
 class ReadingMetricsSink(CallbackSink[ReadingLike]):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import bytewax.operators as op
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 
 from operators.parse import REASONS, ParseLimits, parse, parse_message
 from operators.records import Invalid, Reading
+from tests.messages import FAMILIES, Message
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 
@@ -215,3 +218,37 @@ def test_operator_splits_streams_in_a_real_dataflow() -> None:
     run_main(flow)
     assert [r.sensor_id for r in oks] == ["a", "7"]
     assert [e.reason for e in errs] == ["malformed_json"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from(FAMILIES))
+def test_hostile_message_families_get_their_reason(
+    rng: random.Random, family: Callable[[random.Random, float], Message]
+) -> None:
+    msg = family(rng, NOW)
+    out = parse_message(msg.topic, msg.payload, NOW)
+    assert len(out) == 1
+    got = out[0]
+    if msg.expected == "ok":
+        assert isinstance(got, Reading), got
+        assert got.sensor_id == msg.topic.split("/")[1]
+        assert all(v is None or math.isfinite(v) for v in got.values.values())
+    else:
+        assert isinstance(got, Invalid) and got.reason == msg.expected, (got, msg.payload[:200])
+        line = orjson.loads(got.to_json("fuzz"))  # the dead letter can always be written
+        assert line["reason"] == msg.expected and line["payload_bytes"] > 0
+
+
+def test_deep_array_items_keep_a_dead_letter_payload() -> None:
+    n = 1000  # parses (orjson reads 1024 levels) but is too deep to write back (254)
+    body = b"[" + b"[" * n + b"]" * n + b', {"a": ' + b"[" * n + b"]" * n + b"}]"
+    out = parse_message("t", body, NOW)
+    assert [x.reason for x in out] == ["not_an_object", "unknown_format"]  # type: ignore[union-attr]
+    assert all(orjson.loads(x.to_json("f"))["payload_bytes"] > 0 for x in out)  # type: ignore[union-attr]
+
+
+def test_topic_sensor_id_is_checked_like_a_payload_one() -> None:
+    body = b'{"ts": 1711929600, "values": {"pm": 1}}'
+    assert reason(body, "sensors/a\u200bb/readings") == "bad_sensor_id"
+    assert reason(body, f"sensors/{'x' * 129}/readings") == "bad_sensor_id"
+    assert isinstance(one(body, "sensors/\u6e29\u5ea6/readings"), Reading)

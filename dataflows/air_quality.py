@@ -50,7 +50,6 @@ from operators.score import score
 from operators.threshold import threshold
 from sinks.memory import CallbackSink
 from sinks.metrics import (
-    ReadingMetricsSink,
     ScoreMetricsSink,
     inference_timer,
     prepare_flow,
@@ -127,8 +126,7 @@ def build_flow(
     add_scored_output(settings, judged)
     prepare_flow(FLOW_NAME, detectors=["hst"], reasons=REASONS, fields=settings.impute_fields)
     set_model_info(FLOW_NAME, "hst", hst_params(settings))
-    op.output("score_metrics", judged, ScoreMetricsSink(FLOW_NAME))
-    op.output("reading_metrics", parsed.oks, ReadingMetricsSink(FLOW_NAME, settings.idle_timeout_s))
+    op.output("score_metrics", judged, ScoreMetricsSink(FLOW_NAME, settings.idle_timeout_s))
     if on_alerts is not None:
         op.output("alerts_cb", alerts, CallbackSink(on_alerts))
     if on_scored is not None:

@@ -38,7 +38,7 @@ from sinks.batch_histogram import BatchHistogram
 from sinks.memory import CallbackSink
 
 __all__ = ["AlertMetricsSink", "DeadLetterMetricsSink", "InvalidMetricsSink",
-           "MQTTConnectionMetrics", "Metrics", "ReadingMetricsSink", "ScoreMetricsSink",
+           "MQTTConnectionMetrics", "Metrics", "ScoreMetricsSink",
            "counter_values", "inference_timer", "metrics", "prepare_flow", "serve",
            "set_model_info"]  # fmt: skip
 
@@ -192,8 +192,12 @@ def set_model_info(flow: str, detector: str, params: str, model_version: str = "
     metrics().model.labels(flow, detector).info(info)
 
 
-def _count_scored(flow: str, items: list[tuple[str, ScoredLike]]) -> None:
+def _count_scored(
+    flow: str, active: _ActiveSensors | None, items: list[tuple[str, ScoredLike]]
+) -> None:
     m = metrics()
+    if active is not None:
+        _observe_readings(flow, active, [r for _, s in items for r in s.readings])
     by_detector: dict[str, list[np.ndarray]] = {}
     for _, s in items:
         by_detector.setdefault(s.detector, []).append(s.scores)
@@ -224,11 +228,20 @@ def _count_deadletters(flow: str, items: list[object]) -> None:
 class ScoreMetricsSink(CallbackSink[tuple[str, ScoredLike]]):
     """Counts scored readings, imputed values and the score distribution, by detector.
 
-    Takes ``(key, Scored batch)`` items.
+    Takes ``(key, Scored batch)`` items. With ``active_window_s`` it also observes the
+    event lag (receive time − event time) of every reading and keeps the active-sensors
+    gauge: a sensor is active while its last reading is younger than ``active_window_s``
+    (give the flow's idle timeout, after which its state is dropped; 0: forever). Doing
+    this per scored batch, not per reading, keeps it off the per-event path. The flow's
+    gauge follows the sink built last.
     """
 
-    def __init__(self, flow: str) -> None:
-        super().__init__(partial(_count_scored, flow))
+    def __init__(self, flow: str, active_window_s: float | None = None) -> None:
+        active = None
+        if active_window_s is not None:
+            active = _ActiveSensors(active_window_s)
+            metrics().active_sensors.labels(flow).set_function(active.count)
+        super().__init__(partial(_count_scored, flow, active))
 
 
 class AlertMetricsSink(CallbackSink[AlertLike]):
@@ -288,20 +301,6 @@ def _observe_readings(flow: str, active: _ActiveSensors, items: list[ReadingLike
     if active.window_s > 0 and now >= active.pruned + active.window_s:
         active.pruned = now  # forget silent sensors even when nobody scrapes
         active.count()
-
-
-class ReadingMetricsSink(CallbackSink[ReadingLike]):
-    """Event lag (receive time − event time) and active sensors; takes valid readings.
-
-    A sensor is active while its last reading is younger than ``active_window_s``
-    (give the flow's idle timeout, after which its state is dropped; 0: forever). The
-    flow's gauge follows the sink built last.
-    """
-
-    def __init__(self, flow: str, active_window_s: float) -> None:
-        active = _ActiveSensors(active_window_s)
-        metrics().active_sensors.labels(flow).set_function(active.count)
-        super().__init__(partial(_observe_readings, flow, active))
 
 
 def inference_timer(flow: str, detector: str) -> Callable[[float], None]:

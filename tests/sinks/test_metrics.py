@@ -22,7 +22,6 @@ from operators.records import Reading, Scored
 from sinks.metrics import (
     LAG_BUCKETS,
     SCORE_BUCKETS,
-    ReadingMetricsSink,
     ScoreMetricsSink,
     metrics,
     serve,
@@ -117,13 +116,15 @@ def test_score_sink_histogram_buckets_and_imputed_by_field() -> None:
     assert len(SCORE_BUCKETS) == 15
 
 
-def test_reading_sink_lag_buckets_and_active_sensors_expire() -> None:
+def test_score_sink_lag_buckets_and_active_sensors_expire() -> None:
     now = time.time()
     ts = datetime.fromtimestamp(now - 3.0, timezone.utc)
     items = [_reading("s1", ts, now), _reading("s2", ts, now - 2.93),
              _reading("s3", ts - timedelta(days=2), now), _reading("s4", ts, 0.0)]  # fmt: skip
+    batches = [("k1", Scored(tuple(items[:3]), "hst", np.zeros(3))),
+               ("k2", Scored(tuple(items[3:]), "hst", np.zeros(1)))]  # fmt: skip
     flow = Dataflow("reading_sink_test")
-    op.output("out", op.input("in", flow, TestingSource(items)), ReadingMetricsSink("sink2", 1.0))
+    op.output("out", op.input("in", flow, TestingSource(batches)), ScoreMetricsSink("sink2", 1.0))
     run_main(flow)
 
     def bucket(le: str) -> float:

@@ -52,6 +52,16 @@ def _duration(text: str) -> int:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def _simulator_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The simulated fleet's options (``run``, ``replay``); unset means the settings' value."""
+    p.add_argument("--sensors", type=int, metavar="N", help="simulated sensors (default 50)")
+    p.add_argument("--duration", type=_duration, metavar="SPAN",
+                   help="simulated time span, e.g. 6h (default 1d)")  # fmt: skip
+    p.add_argument("--interval", type=int, metavar="S",
+                   help="simulated seconds between readings (default 120)")  # fmt: skip
+    p.add_argument("--seed", type=int, metavar="N", help="simulator seed (default 7)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgewatch",
@@ -71,10 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="TOML settings file")
     run.add_argument("--source", choices=SOURCES, help="input (default: simulator)")
     run.add_argument("--input", nargs="+", metavar="PATH", help="input file(s) for file sources")
-    run.add_argument("--sensors", type=int, help="simulated sensors (default 50)")
-    run.add_argument("--duration", type=_duration, help="simulated time span (default 1d)")
-    run.add_argument("--interval", type=int, help="simulated seconds between readings (120)")
-    run.add_argument("--seed", type=int, help="simulator seed (default 7)")
+    _simulator_args(run)
     run.add_argument(
         "--mode",
         choices=("per-sensor", "fleet"),
@@ -301,13 +308,7 @@ def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                        ("key-file", "the client certificate's key (PEM)")):  # fmt: skip
         r.add_argument(f"--{name}", metavar="FILE", help=what)
     r.add_argument("--config", metavar="FILE", help="TOML settings file")
-    sim = r.add_argument_group("simulator (--format simulator)")
-    sim.add_argument("--sensors", type=int, metavar="N", help="simulated sensors (default 50)")
-    sim.add_argument("--duration", type=_duration, metavar="SPAN",
-                     help="simulated time span, e.g. 6h (default 1d)")  # fmt: skip
-    sim.add_argument("--interval", type=int, metavar="S",
-                     help="simulated seconds between readings (default 120)")  # fmt: skip
-    sim.add_argument("--seed", type=int, metavar="N", help="simulator seed (default 7)")
+    _simulator_args(r.add_argument_group("simulator (--format simulator)"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

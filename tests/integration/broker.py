@@ -16,9 +16,12 @@ import subprocess
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from bytewax.dataflow import Dataflow
+from bytewax.testing import run_main
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -26,6 +29,7 @@ from paho.mqtt.properties import Properties
 from dataflows.local_broker import LocalBroker, find_binary, free_port, wait_until
 
 __all__ = [
+    "FlowRunner",
     "PASSWORD",
     "USER",
     "Broker",
@@ -195,3 +199,25 @@ class Subscriber:
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None
+
+
+class FlowRunner:
+    """A Bytewax dataflow run by ``run_main`` in a thread; :meth:`wait` re-raises its error."""
+
+    def __init__(self, flow: Dataflow, epoch_s: float) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(flow, epoch_s), daemon=True)
+        self._thread.start()
+
+    def _run(self, flow: Dataflow, epoch_s: float) -> None:
+        try:
+            run_main(flow, epoch_interval=timedelta(seconds=epoch_s))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the flow to end; fail if it is still running, raise what it raised."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"dataflow still running after {timeout} s"
+        if self.error is not None:
+            raise self.error

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,15 @@ from operators.records import Alert, Scored
 from sinks.mqtt import MQTTPublishError, MQTTSink
 from sources.mqtt import MQTTConnectError, MQTTSettings
 from sources.simulator import Simulator, SimulatorConfig
-from tests.integration.broker import PASSWORD, USER, Broker, Subscriber, publish, wait_until
+from tests.integration.broker import (
+    PASSWORD,
+    USER,
+    Broker,
+    FlowRunner,
+    Subscriber,
+    publish,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -62,31 +69,19 @@ def mqtt_settings(broker: Broker, tmp_path: Path, **overrides: Any) -> Settings:
     return Settings.load(env={}, **(values | overrides))
 
 
-class FlowThread:
+class FlowThread(FlowRunner):
     """``build_flow(settings)`` run by ``run_main`` in a thread, scored keys collected."""
 
     def __init__(self, settings: Settings) -> None:
         self.scored: Counter[tuple[str, float]] = Counter()
-        self.error: BaseException | None = None
-        flow = build_flow(settings, on_scored=self._on_scored)
-        self._thread = threading.Thread(target=self._run, args=(flow,), daemon=True)
-        self._thread.start()
+        super().__init__(build_flow(settings, on_scored=self._on_scored), epoch_s=0.2)
 
     def _on_scored(self, batch: list[tuple[str, Scored]]) -> None:
         for _, s in batch:
             self.scored.update((r.sensor_id, r.ts.timestamp()) for r in s.readings)
 
-    def _run(self, flow: Any) -> None:
-        try:
-            run_main(flow, epoch_interval=timedelta(milliseconds=200))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            self.error = exc
-
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"flow still running after {timeout} s"
-        if self.error is not None:
-            raise self.error
+        self.wait(timeout)
 
 
 def test_readings_in_alerts_and_dead_letters_out(broker: Broker, tmp_path: Path) -> None:

@@ -4,9 +4,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -18,7 +16,7 @@ from bytewax.testing import TestingSink, run_main
 
 from operators.parse import parse_message
 from sources.mqtt import MQTTConnectError, MQTTSettings, MQTTSource, validate_topic_filter
-from tests.integration.broker import Broker, free_port, publish, wait_until
+from tests.integration.broker import Broker, FlowRunner, free_port, publish, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -40,29 +38,18 @@ def subscribed(broker: Broker, client_id: str, count: int = 1) -> None:
     broker.wait_for_log(rf"\n{client_id} [012] \S*sensors/\+/readings", count)
 
 
-class FlowThread:
+class FlowThread(FlowRunner):
     """A Bytewax dataflow ``source -> [sink]`` run by ``run_main`` in a thread."""
 
     def __init__(self, source: MQTTSource, sink: DynamicSink[Message] | None = None,
                  epoch_s: float = 0.05) -> None:  # fmt: skip
         self.out: list[Message] = []
-        self.error: BaseException | None = None
         flow = Dataflow("mqtt_source_test")
         op.output("out", op.input("in", flow, source), sink or TestingSink(self.out))
-        self._thread = threading.Thread(target=self._run, args=(flow, epoch_s), daemon=True)
-        self._thread.start()
-
-    def _run(self, flow: Dataflow, epoch_s: float) -> None:
-        try:
-            run_main(flow, epoch_interval=timedelta(seconds=epoch_s))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            self.error = exc
+        super().__init__(flow, epoch_s)
 
     def join(self, timeout: float) -> list[Message]:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"dataflow still running after {timeout} s"
-        if self.error is not None:
-            raise self.error
+        self.wait(timeout)
         return self.out
 
 

@@ -10,7 +10,9 @@ The flow::
                     └─► invalid ─► dead letters + metrics
 
 With ``max_rate_per_sensor`` set, a per-sensor rate limit (:mod:`operators.limits`) sits
-between parse and key; the readings it refuses join the invalid stream.
+between parse and key; the readings it refuses join the invalid stream, as do those the
+impute step's order guard refuses (``reject_stale``: a reading not later than its
+sensor's last one, such as a message a restarted broker sends again).
 
 The input is the simulator, a file, the PurpleAir API or an MQTT broker
 (``EDGEWATCH_SOURCE=mqtt``, ``EDGEWATCH_MQTT_URL``, ``EDGEWATCH_MQTT_TOPICS``, …); alerts
@@ -112,7 +114,8 @@ def build_flow(
 
     by_sensor = settings.impute_scope == "sensor"
     keyed: KeyedStream[Reading] = key_batched("key", parsed.oks, _key(by_sensor))
-    imputed = impute("impute", keyed, settings.impute_fields, idle)
+    filled = impute("impute", keyed, settings.impute_fields, idle, settings.reject_stale)
+    imputed, invalid = filled.oks, op.merge("invalid_all", parsed.errs, filled.errs)
     if by_sensor != (settings.mode == "per-sensor"):
         unkeyed = op.map("unkey", imputed, _value)
         imputed = key_batched("rekey", unkeyed, _key(settings.mode == "per-sensor"))
@@ -122,7 +125,7 @@ def build_flow(
     judged = threshold("threshold", scored, settings.threshold)
     alerts = to_alert("to_alert", judged, FLOW_NAME)
 
-    add_outputs(settings, FLOW_NAME, alerts, parsed.errs)
+    add_outputs(settings, FLOW_NAME, alerts, invalid)
     add_scored_output(settings, judged)
     prepare_flow(FLOW_NAME, detectors=["hst"], reasons=REASONS, fields=settings.impute_fields)
     set_model_info(FLOW_NAME, "hst", hst_params(settings))

@@ -10,7 +10,8 @@ broker and the flow. It writes real PUBLISH packets (QoS 0, or QoS 1 with a wind
 unacknowledged messages that waits for the broker's PUBACKs) in chunks, either as fast
 as the broker takes them or paced on a monotonic schedule. Each payload is a generic
 reading ``{"sensor_id", "ts", "values": {"pm1.0_cf_1": …}}`` on
-``<prefix>sensors/<id>/readings`` whose ``ts`` is the wall-clock time of its chunk, so
+``<prefix>sensors/<id>/readings`` whose ``ts`` is the wall-clock time of its chunk (plus
+a microsecond per earlier reading of the same sensor in the chunk), so
 publish→alert latency is an alert's receive time minus its ``ts``. Every sensor's
 readings are steady noise around its own level with a spike every :data:`SPIKE_EVERY`
 readings once the Half-Space Trees have warmed up, so alerts come steadily.
@@ -108,6 +109,7 @@ class _Publisher:
             raise ConnectionError(msg)
         self.sock.settimeout(None)
         self.sent = self.acked = 0
+        self.clock_us = 0  # the earliest event time (µs) the next chunk may use
         self.cond = threading.Condition()
         self.topics = [f"{spec.prefix}sensors/s{i}/readings".encode() for i in range(spec.sensors)]
         rnd = random.Random(spec.seed)
@@ -135,7 +137,8 @@ class _Publisher:
         if spec.qos:
             with self.cond:
                 self.cond.wait_for(lambda: i0 + count - self.acked <= spec.window)
-        ts, head = time.time(), 0x30 | (spec.qos << 1)
+        us, head = max(time.time_ns() // 1000, self.clock_us), 0x30 | (spec.qos << 1)
+        self.clock_us = us + count // spec.sensors + 1  # the next chunk comes later
         out = bytearray()
         for i in range(i0, i0 + count):
             s, k = i % spec.sensors, i // spec.sensors
@@ -145,7 +148,13 @@ class _Publisher:
                 if spike
                 else self.levels[s] + self.noise[i & 4095]
             )
-            payload = b'{"sensor_id":"s%d","ts":%.6f,"values":{"pm1.0_cf_1":%.2f}}' % (s, ts, value)
+            at, frac = divmod(us + (i - i0) // spec.sensors, 1_000_000)  # strictly increasing
+            payload = b'{"sensor_id":"s%d","ts":%d.%06d,"values":{"pm1.0_cf_1":%.2f}}' % (
+                s,
+                at,
+                frac,
+                value,
+            )
             topic = _field(self.topics[s])
             mid = struct.pack("!H", i % 65535 + 1) if spec.qos else b""
             body = len(topic) + len(mid) + len(payload)

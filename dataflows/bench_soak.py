@@ -55,6 +55,7 @@ class _ChurnPartition(StatefulSourcePartition[RawMessage, None]):
         self._src = src
         self._rng = random.Random(src.seed)
         self._start = time.monotonic()
+        self._clock_us = 0  # event times strictly increase (the order guard refuses repeats)
 
     def next_batch(self) -> list[RawMessage]:
         src, rng = self._src, self._rng
@@ -67,7 +68,8 @@ class _ChurnPartition(StatefulSourcePartition[RawMessage, None]):
         batch: list[RawMessage] = []
         for _ in range(src.batch_size):
             sid = first + rng.randrange(active)
-            body = {"sensor_id": f"soak-{sid}", "ts": now,
+            self._clock_us = max(self._clock_us + 1, int(now * 1e6))
+            body = {"sensor_id": f"soak-{sid}", "ts": self._clock_us / 1e6,
                     "values": {"pm1.0_cf_1": rng.uniform(0, 40), "temperature": 20.0}}  # fmt: skip
             batch.append(("soak", orjson.dumps(body), now))
         src.events += len(batch)

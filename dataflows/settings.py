@@ -142,6 +142,10 @@ class Settings:
     rate_window_s: float = 10.0
     """Seconds the per-sensor rate is averaged over (a sensor may burst
     ``max_rate_per_sensor * rate_window_s`` readings)."""
+    reject_stale: bool = True
+    """Refuse a reading whose event time is not after its sensor's last one (dead letters
+    ``duplicate_reading`` / ``out_of_order``), so a message sent again is never scored
+    twice; false: score every reading in arrival order."""
     idle_timeout_s: float = 86_400.0
     """Drop a sensor's state after this long without readings (0 keeps it forever)."""
     metrics_addr: str = "127.0.0.1:9464"

@@ -9,25 +9,39 @@ to ``0.0``, and an absent key is treated like ``None`` instead of raising.
 
 Filled fields are named in :attr:`Reading.imputed`; readings that need nothing pass
 through unchanged (no copy).
+
+The same keyed step guards event-time order per sensor (``reject_stale``): a reading whose
+event time is not after its sensor's last one is not imputed nor scored but becomes an
+:class:`Invalid` (``duplicate_reading`` for the same time, ``out_of_order`` for an earlier
+one). A broker that resends messages after a crash, or a replay that overlaps what was
+already read, so cannot make a model learn a reading twice. The guard costs nothing
+extra per key: its state is the sensor's last event time, kept with the running means.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from operator import attrgetter, lt
 
 import bytewax.operators as op
-from bytewax.dataflow import operator
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 
 from operators.keyed import IdleEvictingLogic
-from operators.records import Reading
+from operators.parse import DUPLICATE_READING, OUT_OF_ORDER
+from operators.records import Invalid, Reading
 
-__all__ = ["DEFAULT_IMPUTE_FIELDS", "RunningMeanImputer", "impute"]
+__all__ = ["DEFAULT_IMPUTE_FIELDS", "ImputeOut", "OrderGuard", "RunningMeanImputer", "impute"]
 
 DEFAULT_IMPUTE_FIELDS = ("temperature", "humidity", "pressure", "pm1.0_cf_1")
 
-_State = tuple[tuple[float, ...], tuple[float, ...]]
+_Means = tuple[tuple[float, ...], tuple[float, ...]]
+_Last = tuple[tuple[str, float], ...]  # sensor id, last event time (epoch seconds)
+_State = tuple[_Means, _Last]
+_SENSOR = attrgetter("sensor_id")
+_TS = attrgetter("ts")
 
 
 class RunningMeanImputer:
@@ -41,7 +55,7 @@ class RunningMeanImputer:
     [(1.0, ()), (8.0, ()), (3.0, ()), (4.0, ('t',))]
     """
 
-    def __init__(self, fields: Sequence[str], state: _State | None = None) -> None:
+    def __init__(self, fields: Sequence[str], state: _Means | None = None) -> None:
         self.fields = tuple(fields)
         counts, means = state if state is not None else ((), ())
         self._n = list(counts) or [0.0] * len(self.fields)
@@ -73,23 +87,92 @@ class RunningMeanImputer:
                     out[pos] = Reading(r.sensor_id, r.ts, new, r.source, names, r.received_at)
         return out
 
-    def state(self) -> _State:
+    def state(self) -> _Means:
         """Compact, immutable state: per-field counts and means."""
         return tuple(self._n), tuple(self._mean)
 
 
-class _ImputeLogic(IdleEvictingLogic[Reading, Reading, _State]):
+class OrderGuard:
+    """Pass only readings whose event time is after their sensor's last one (plain object).
+
+    >>> from datetime import datetime, timezone
+    >>> t = [datetime(2024, 1, 1, 0, m, tzinfo=timezone.utc) for m in range(3)]
+    >>> guard = OrderGuard()
+    >>> out = guard.admit([Reading("s", ts, {}, "doc") for ts in (t[1], t[2], t[2], t[0])])
+    >>> [x.ts.minute if isinstance(x, Reading) else x.reason for x in out]
+    [1, 2, 'duplicate_reading', 'out_of_order']
+    """
+
+    def __init__(self, state: _Last = ()) -> None:
+        self._last = {sid: datetime.fromtimestamp(ts, timezone.utc) for sid, ts in state}
+
+    def admit(self, readings: list[Reading]) -> list[Reading | Invalid]:
+        """The readings in order, each later than its sensor's last, else an Invalid."""
+        last = self._last
+        sensors = set(map(_SENSOR, readings))
+        if len(sensors) == 1:  # the usual batch, keyed by sensor: no Python loop
+            stamps = list(map(_TS, readings))
+            prev = last.get(readings[0].sensor_id)
+            if (prev is None or stamps[0] > prev) and all(map(lt, stamps, stamps[1:])):
+                last[readings[0].sensor_id] = stamps[-1]
+                return readings  # type: ignore[return-value]
+        out: list[Reading | Invalid] = []
+        for r in readings:
+            prev = last.get(r.sensor_id)
+            if prev is None or r.ts > prev:
+                last[r.sensor_id] = r.ts
+                out.append(r)
+            else:
+                out.append(_stale(r, prev))
+        return out
+
+    def state(self) -> _Last:
+        """Compact, immutable state: each sensor's last event time (epoch seconds)."""
+        return tuple((sid, ts.timestamp()) for sid, ts in self._last.items())
+
+
+def _stale(r: Reading, prev: datetime) -> Invalid:
+    reason = DUPLICATE_READING if r.ts == prev else OUT_OF_ORDER
+    detail = f"event time {r.ts.isoformat()} is not after the sensor's last, {prev.isoformat()}"
+    payload = {"sensor_id": r.sensor_id, "ts": r.ts.isoformat(), "values": r.values}
+    return Invalid(reason, detail, payload, r.source, r.received_at)
+
+
+class _ImputeLogic(IdleEvictingLogic[Reading, "Reading | Invalid", _State]):
     def __init__(
-        self, fields: Sequence[str], idle_timeout: timedelta | None, resume: _State | None
+        self,
+        fields: Sequence[str],
+        idle_timeout: timedelta | None,
+        reject_stale: bool,
+        resume: _State | None,
     ) -> None:
         super().__init__(idle_timeout)
-        self._imputer = RunningMeanImputer(fields, resume)
+        means, last = resume if resume is not None else (None, ())
+        self._imputer = RunningMeanImputer(fields, means)
+        self._guard = OrderGuard(last) if reject_stale else None
 
-    def process(self, values: list[Reading]) -> list[Reading]:
-        return self._imputer.transform_many(values)
+    def process(self, values: list[Reading]) -> list[Reading | Invalid]:
+        if self._guard is None:
+            return self._imputer.transform_many(values)  # type: ignore[return-value]
+        admitted = self._guard.admit(values)
+        if admitted is values:
+            return self._imputer.transform_many(values)  # type: ignore[return-value]
+        readings = [x for x in admitted if type(x) is Reading]
+        filled = iter(self._imputer.transform_many(readings))
+        return [next(filled) if type(x) is Reading else x for x in admitted]
 
     def snapshot(self) -> _State:
-        return self._imputer.state()
+        return self._imputer.state(), self._guard.state() if self._guard is not None else ()
+
+
+@dataclass(frozen=True)
+class ImputeOut:
+    """What :func:`impute` splits into."""
+
+    oks: KeyedStream[Reading]
+    """The readings, keyed as they came, with missing fields filled."""
+    errs: Stream[Invalid]
+    """Readings refused by the order guard (``duplicate_reading``, ``out_of_order``)."""
 
 
 @operator
@@ -98,17 +181,35 @@ def impute(
     up: KeyedStream[Reading],
     fields: Sequence[str] = DEFAULT_IMPUTE_FIELDS,
     idle_timeout: timedelta | None = timedelta(hours=24),
-) -> KeyedStream[Reading]:
-    """Impute missing values per key with a running mean.
+    reject_stale: bool = True,
+) -> ImputeOut:
+    """Impute missing values per key with a running mean, guarding event-time order.
 
     Args:
         step_id: Unique ID.
         up: Readings keyed by sensor id (per-sensor means) or by one constant (fleet).
         fields: The fields to impute.
-        idle_timeout: Drop a key's means after this much wall time without readings.
+        idle_timeout: Drop a key's state after this much wall time without readings.
+        reject_stale: Refuse a reading whose event time is not after its sensor's last
+            (else pass every reading in arrival order).
 
     Returns:
-        The readings, with missing fields filled where a mean exists.
+        ``oks``: the readings, with missing fields filled where a mean exists; ``errs``:
+        the readings the order guard refused.
     """
     names = tuple(fields)
-    return op.stateful_batch("impute", up, lambda resume: _ImputeLogic(names, idle_timeout, resume))
+    judged = op.stateful_batch(
+        "impute", up, lambda resume: _ImputeLogic(names, idle_timeout, reject_stale, resume)
+    )
+    return ImputeOut(
+        op.flat_map_batch("oks", judged, _keyed_readings),
+        op.flat_map_batch("errs", judged, _invalids),
+    )
+
+
+def _keyed_readings(batch: list[tuple[str, Reading | Invalid]]) -> list[tuple[str, Reading]]:
+    return [kv for kv in batch if type(kv[1]) is Reading]  # type: ignore[misc]
+
+
+def _invalids(batch: list[tuple[str, Reading | Invalid]]) -> list[Invalid]:
+    return [v for _, v in batch if type(v) is Invalid]

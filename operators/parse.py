@@ -40,7 +40,17 @@ from bytewax.dataflow import Stream, operator
 
 from operators.records import Invalid, RawMessage, Reading
 
-__all__ = ["RATE_LIMITED", "REASONS", "ParseLimits", "ParseOut", "parse", "parse_message", "split"]
+__all__ = [
+    "DUPLICATE_READING",
+    "OUT_OF_ORDER",
+    "RATE_LIMITED",
+    "REASONS",
+    "ParseLimits",
+    "ParseOut",
+    "parse",
+    "parse_message",
+    "split",
+]
 
 PAYLOAD_TOO_LARGE = "payload_too_large"
 MALFORMED_JSON = "malformed_json"
@@ -58,6 +68,8 @@ NON_NUMERIC_VALUE = "non_numeric_value"
 NON_FINITE_VALUE = "non_finite_value"
 MALFORMED_ROW = "malformed_row"
 RATE_LIMITED = "rate_limited"  # given by operators.limits, after parsing
+DUPLICATE_READING = "duplicate_reading"  # given by operators.impute's order guard
+OUT_OF_ORDER = "out_of_order"  # likewise
 REASONS = (
     PAYLOAD_TOO_LARGE,
     MALFORMED_JSON,
@@ -75,6 +87,8 @@ REASONS = (
     NON_FINITE_VALUE,
     MALFORMED_ROW,
     RATE_LIMITED,
+    DUPLICATE_READING,
+    OUT_OF_ORDER,
 )
 """Every reason an :class:`Invalid` can carry (a fixed set: it is a metric label)."""
 

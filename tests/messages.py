@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-__all__ = ["BAD", "FAMILIES", "GOOD", "Message", "mixed"]
+__all__ = ["BAD", "FAMILIES", "GOOD", "Message", "in_order", "mixed"]
 
 _PRINTABLE = "abcXYZ09_-.:é中文🙂Ωжאבשׁ\u0301ß∑"  # noqa: RUF001 - unicode on purpose
 _UNPRINTABLE = "\u200b\u2028\u00ad"  # valid in MQTT topics (mosquitto drops C0/C1 ones)
@@ -168,3 +168,30 @@ def mixed(seed: int, n: int, now: float, bad_share: float = 0.3) -> list[Message
     """``n`` messages, about ``bad_share`` of them bad, the same for the same seed."""
     rng = random.Random(seed)
     return [rng.choice(BAD if rng.random() < bad_share else GOOD)(rng, now) for _ in range(n)]
+
+
+def in_order(messages: list[Message], now: float) -> list[Message]:
+    """The same messages, each good one not later than its sensor's last made stale.
+
+    A flow with the order guard (``reject_stale``) refuses a reading whose event time is
+    not after its sensor's last accepted one: ``duplicate_reading`` for the same time,
+    ``out_of_order`` for an earlier one. This tells which, in publishing order.
+    """
+    from operators.parse import parse_message  # noqa: PLC0415
+    from operators.records import Reading  # noqa: PLC0415
+
+    last: dict[str, Any] = {}
+    out: list[Message] = []
+    for m in messages:
+        reading = parse_message(m.topic, m.payload, now)[0] if m.expected == "ok" else None
+        if not isinstance(reading, Reading):
+            out.append(m)
+            continue
+        prev = last.get(reading.sensor_id)
+        if prev is not None and reading.ts <= prev:
+            reason = "duplicate_reading" if reading.ts == prev else "out_of_order"
+            out.append(m._replace(expected=reason))
+        else:
+            last[reading.sensor_id] = reading.ts
+            out.append(m)
+    return out

@@ -40,7 +40,7 @@ from dataflows.air_quality import build_flow, hst_factory
 from dataflows.settings import Settings
 from operators.alert import alerts_of
 from operators.impute import RunningMeanImputer
-from operators.parse import parse_message
+from operators.parse import parse_many
 from operators.records import Alert, RawMessage, Reading, Scored
 from operators.score import features_matrix
 from operators.threshold import apply_threshold
@@ -115,9 +115,7 @@ def _stages(events: list[RawMessage], settings: Settings, batch: int) -> dict[st
     clock = time.perf_counter
     for lo in range(0, len(events), batch):
         t0 = clock()
-        readings = [
-            r for m in events[lo : lo + batch] for r in parse_message(*m) if type(r) is Reading
-        ]
+        readings = [r for r in parse_many(events[lo : lo + batch]) if type(r) is Reading]
         t1 = clock()
         groups: dict[str, list[Reading]] = defaultdict(list)
         for r in readings:

@@ -48,6 +48,7 @@ __all__ = [
     "ParseLimits",
     "ParseOut",
     "parse",
+    "parse_many",
     "parse_message",
     "split",
 ]
@@ -112,6 +113,7 @@ _CACHE_SIZE = 65_536
 _SID_CACHE: dict[str | int, str] = {}  # raw id -> validated id (valid ids only)
 _SHORT = reprlib.Repr()  # bounded depth and length: safe for any decoded JSON
 _SHORT.maxstring = _SHORT.maxother = 40
+_UNSEEN: Any = object()
 _TS_CACHE: list[tuple[Any, float, datetime]] = [(None, 0.0, datetime(2000, 1, 1, tzinfo=_UTC))]
 
 
@@ -178,6 +180,33 @@ def parse_message(
     if type(obj) is dict and "fields" in obj and "data" in obj:
         return _response(obj, raw, origin, received_at, topic_id, limits)
     return [_one(obj, raw, origin, received_at, topic_id, limits, raw is not obj)]
+
+
+def parse_many(
+    batch: list[RawMessage], limits: ParseLimits = DEFAULT_LIMITS
+) -> list[Reading | Invalid]:
+    """Parse a batch of raw messages: :func:`parse_message` over each, in order.
+
+    The common case, bytes holding one JSON object that is a reading, takes one Python
+    call instead of four; anything else goes through :func:`parse_message`.
+    """
+    out: list[Reading | Invalid] = []
+    append, loads, most = out.append, orjson.loads, limits.max_payload_bytes
+    topics: dict[str, str | None] = {}
+    for origin, payload, received_at in batch:
+        if type(payload) is bytes and len(payload) <= most:
+            try:
+                obj = loads(payload)
+            except orjson.JSONDecodeError:
+                obj = None
+            if type(obj) is dict and "fields" not in obj:
+                topic_id = topics.get(origin, _UNSEEN)
+                if topic_id is _UNSEEN:
+                    topic_id = topics[origin] = _topic_sensor(origin)
+                append(_one(obj, payload, origin, received_at, topic_id, limits, True))
+                continue
+        out.extend(parse_message(origin, payload, received_at, limits))
+    return out
 
 
 def _one(
@@ -430,10 +459,7 @@ def parse(
     """
 
     def parse_batch(batch: list[RawMessage]) -> list[Reading | Invalid]:
-        out: list[Reading | Invalid] = []
-        for origin, payload, received_at in batch:
-            out.extend(parse_message(origin, payload, received_at, limits))
-        return out
+        return parse_many(batch, limits)
 
     return split("split", op.flat_map_batch("parse", up, parse_batch))
 

@@ -13,7 +13,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.parse import REASONS, ParseLimits, parse, parse_message
+from operators.parse import REASONS, ParseLimits, parse, parse_many, parse_message
 from operators.records import Invalid, Reading
 from tests.messages import FAMILIES, Message
 
@@ -237,6 +237,17 @@ def test_hostile_message_families_get_their_reason(
         assert isinstance(got, Invalid) and got.reason == msg.expected, (got, msg.payload[:200])
         line = orjson.loads(got.to_json("fuzz"))  # the dead letter can always be written
         assert line["reason"] == msg.expected and line["payload_bytes"] > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(1, 40))
+def test_batch_fast_path_gives_what_parsing_each_message_gives(
+    rng: random.Random, n: int
+) -> None:
+    batch = [(m.topic, m.payload, NOW) for m in (rng.choice(FAMILIES)(rng, NOW) for _ in range(n))]
+    batch.append(("purpleair", {"sensor_index": 7, "last_seen": NOW, "pm": 1.0}, NOW))
+    one_by_one = [x for origin, p, t in batch for x in parse_message(origin, p, t)]
+    assert parse_many(batch) == one_by_one
 
 
 def test_deep_array_items_keep_a_dead_letter_payload() -> None:

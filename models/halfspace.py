@@ -167,13 +167,52 @@ class HalfSpaceTrees:
         self._seed, self._counter = state["seed"], state["counter"]
         self._first_window, self._flushed = state["first"], self._counter
         if state["masses"]:
-            line = self._build().line
+            self._build()
             flat = np.frombuffer(zlib.decompress(state["masses"]), dtype=self._l.dtype)
             self._l[:], self._r[:] = flat[: self._l.size], flat[self._l.size :]
-            if line is not None and not self._first_window:
-                nodes = np.flatnonzero(self._r)
-                mass = self._r.take(nodes).astype(np.int64)
-                self._refresh(line, nodes, mass, line.span.take(nodes, axis=1))
+            if not self._first_window:
+                self._refresh_line()
+
+    @property
+    def window_rows(self) -> int:
+        """Rows learned in the current window: the window pivots when it reaches ``window_size``."""
+        return self._counter
+
+    def reference_masses(self) -> Ints | None:
+        """A copy (``int64``) of the reference mass of every node, tree by tree in heap order.
+
+        Zero below light nodes, as scores read them; ``None`` until the first window ends.
+        Fleet summaries (:mod:`models.fleet`) are built from it.
+        """
+        return None if self._first_window else self._r.astype(np.int64)
+
+    def set_reference_masses(self, masses: npt.ArrayLike) -> None:
+        """Score from ``masses`` as if a window with them had just ended (e.g. a fleet prior).
+
+        Nodes below a light node are zeroed, as at a pivot; the current window is kept.
+
+        Raises:
+            ValueError: If the features are unknown or ``masses`` is not one integer in
+                ``[0, window_size]`` per node.
+        """
+        mass = np.asarray(masses)
+        forest = self._build() if self._features else None
+        if forest is None or mass.shape != self._r.shape or mass.dtype.kind not in "iu" or (
+                mass.size and not 0 <= mass.min() <= mass.max() <= self.window_size):  # fmt: skip
+            msg = f"need features known and {self._r.size} masses in [0, {self.window_size}]"
+            raise ValueError(msg)
+        light = mass[forest.parent] < math.ceil(0.1 * self.window_size)
+        np.copyto(self._r, np.where(light, 0, mass), casting="unsafe")
+        self._first_window = False
+        self._refresh_line()
+
+    def _refresh_line(self) -> None:
+        """One feature: :meth:`_refresh` from ``_r`` as it stands (after a restore)."""
+        line = self._forest.line if self._forest else None
+        if line is not None:
+            nodes = np.flatnonzero(self._r)
+            mass = self._r.take(nodes).astype(np.int64)
+            self._refresh(line, nodes, mass, line.span.take(nodes, axis=1))
 
     def _build(self) -> Forest:
         """Get the shared trees and allocate the masses (on first learn or restore)."""

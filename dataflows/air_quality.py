@@ -30,23 +30,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.operators import KeyedStream
 
-from dataflows.inputs import build_source
-from dataflows.monitoring import instrument_source, serve_metrics
+from dataflows.fleet_node import fleet_scoring
+from dataflows.inputs import read_keyed_input
+from dataflows.monitoring import lazy_flow
 from dataflows.outputs import add_outputs, add_scored_output
 from dataflows.settings import Settings
 from models.halfspace import HalfSpaceTrees
 from operators.alert import to_alert
 from operators.impute import impute
 from operators.keyed import key_batched
-from operators.limits import rate_limit
-from operators.parse import REASONS, ParseLimits, ParseOut, parse
+from operators.parse import REASONS
 from operators.records import Alert, RawMessage, Reading, Scored
 from operators.score import score
 from operators.threshold import threshold
@@ -100,28 +98,17 @@ def build_flow(
     """
     idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
     flow = Dataflow(FLOW_NAME)
-    raw = op.input(
-        "input", flow, source or instrument_source(build_source(settings, FLOW_NAME), FLOW_NAME)
-    )
-    limits = ParseLimits(
-        max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
-    )
-    parsed = parse("parse", raw, limits)
-    if settings.max_rate_per_sensor > 0:
-        limited = rate_limit("rate_limit", parsed.oks, settings.max_rate_per_sensor,
-                             settings.rate_window_s)  # fmt: skip
-        parsed = ParseOut(limited.oks, op.merge("invalid", parsed.errs, limited.errs))
-
     by_sensor = settings.impute_scope == "sensor"
-    keyed: KeyedStream[Reading] = key_batched("key", parsed.oks, _key(by_sensor))
-    filled = impute("impute", keyed, settings.impute_fields, idle, settings.reject_stale)
+    parsed = read_keyed_input(flow, settings, FLOW_NAME, _key(by_sensor), source)
+    filled = impute("impute", parsed.oks, settings.impute_fields, idle, settings.reject_stale)
     imputed, invalid = filled.oks, op.merge("invalid_all", parsed.errs, filled.errs)
     if by_sensor != (settings.mode == "per-sensor"):
         unkeyed = op.map("unkey", imputed, _value)
         imputed = key_batched("rekey", unkeyed, _key(settings.mode == "per-sensor"))
     timer = inference_timer(FLOW_NAME, "hst")
-    scored = score("score", imputed, "hst", settings.hst_features, hst_factory(settings), idle,
-                   timer)  # fmt: skip
+    models = fleet_scoring(settings, FLOW_NAME, hst_factory(settings), imputed)  # fleet learning
+    new, restore = models or (hst_factory(settings), None)
+    scored = score("score", imputed, "hst", settings.hst_features, new, idle, timer, restore)
     judged = threshold("threshold", scored, settings.threshold)
     alerts = to_alert("to_alert", judged, FLOW_NAME)
 
@@ -166,13 +153,4 @@ def _value(kv: tuple[str, Reading]) -> Reading:
     return kv[1]
 
 
-def __getattr__(name: str) -> Any:
-    """Build ``flow`` lazily (``python -m bytewax.run dataflows.air_quality:flow``)."""
-    if name == "flow":
-        settings = Settings.load()
-        serve_metrics(settings)
-        built = build_flow(settings)
-        globals()["flow"] = built
-        return built
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_flow(__name__, build_flow)

@@ -20,7 +20,7 @@ from dataflows.settings import SOURCES, ConfigError
 
 __all__ = ["main"]
 
-DETECTORS = ("hst", "autoencoder", "lstm")
+DETECTORS = ("hst", "autoencoder", "lstm", "mahalanobis", "ensemble")
 REPLAY_FORMATS = ("purpleair", "jsonl", "csv", "nab", "skab", "simulator")
 
 _EPILOG = """examples:
@@ -30,12 +30,17 @@ _EPILOG = """examples:
   edgewatch run --source mqtt --broker mqtt://edge@127.0.0.1:1883
                                                   serve a live broker until Ctrl-C
   edgewatch run --source mqtt --recovery state/   resume after a crash (kill -9)
+  edgewatch run --source mqtt --group edgewatch -p 2
+                                                  2 processes as one Bytewax cluster
+  edgewatch run --source mqtt --group edgewatch -i 0 -a "host0:2101;host1:2101"
+                                                  process 0 of a 2-host cluster
   edgewatch score data.csv --format nab -o scores.csv
   edgewatch bench --events 200000 --sensors 100 --baseline --json
   edgewatch replay data.json --format purpleair --broker mqtt://edge@127.0.0.1:1883
   edgewatch train smart-meter-lstm                train a TFLite model (train extra)
   edgewatch bench --detector lstm                 TFLite inference speed
   edgewatch bench --soak --seconds 60             RSS under a churn of 100,000 sensors
+  edgewatch bench --processes 1,2,4               scaling over processes through mosquitto
 """
 
 
@@ -78,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the air-quality flow. With no options it scores a simulated "
         "PurpleAir fleet with labelled anomalies and ends with precision/recall.",
     )
-    run.add_argument("--config", metavar="FILE", help="TOML settings file")
+    _flow_args(run)
     run.add_argument("--source", choices=SOURCES, help="input (default: simulator)")
     run.add_argument("--input", nargs="+", metavar="PATH", help="input file(s) for file sources")
     _simulator_args(run)
@@ -129,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --recovery: keep old snapshots S seconds for a lagging backup (default 0)",
     )
-    run.add_argument("-w", "--workers", type=int, default=1, help="worker threads (default 1)")
+    _cluster_args(run)
     run.add_argument(
         "--max-print",
         type=int,
@@ -155,7 +160,15 @@ def _parser() -> argparse.ArgumentParser:
         "--detector",
         default="hst",
         choices=DETECTORS,
-        help="hst (default), autoencoder (SKAB pump columns) or lstm (one power column)",
+        help="hst (default), autoencoder (SKAB pump columns), lstm (one power column), "
+        "mahalanobis or ensemble (the pump ensemble over --features; score = votes / 3)",
+    )
+    score.add_argument(
+        "--train-rows",
+        type=int,
+        default=400,
+        metavar="N",
+        help="mahalanobis/ensemble: each sensor's first N rows train, unscored (default 400)",
     )
     score.add_argument(
         "--mode",
@@ -235,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
         default=6.0,
         help="seconds of the latency phase (default 6)",
     )
+    _scale_args(bench)
     _soak_args(bench)
     bench.add_argument(
         "--detector",
@@ -243,7 +257,70 @@ def _parser() -> argparse.ArgumentParser:
     )
     _replay_parser(sub)
     _train_parser(sub)
+    _evaluate_parser(sub)
     return p
+
+
+def _flow_args(run: argparse.ArgumentParser) -> None:
+    """``run``'s ``--config`` and ``--flow``."""
+    run.add_argument("--config", metavar="FILE", help="TOML settings file")
+    run.add_argument("--flow", choices=("air_quality", "pump", "smart_meter"),
+                     default="air_quality", help="air_quality (default), pump (SKAB "
+                     "ensemble, default input the SKAB valve1 replay) or smart_meter "
+                     "(TFLite LSTM, default input the smart-meter simulator)")  # fmt: skip
+
+
+def _cluster_args(run: argparse.ArgumentParser) -> None:
+    """``-w/-i/-a`` as ``python -m bytewax.run`` has them, and ``-p`` for one host."""
+    c = run.add_argument_group(
+        "scaling",
+        "-w threads in this process; -i/-a make it one process of a Bytewax cluster (run "
+        "the same command on every host with its own -i); -p N starts N processes here. "
+        "Keyed per-sensor state is routed by Bytewax; with --group the MQTT clients of "
+        "all processes share one $share subscription. Process i serves metrics on the "
+        "base port + i.",
+    )
+    c.add_argument("-w", "--workers", type=int, default=1,
+                   help="worker threads per process (default 1)")  # fmt: skip
+    c.add_argument("-i", "--process-id", type=int, metavar="ID",
+                   help="this process's index in -a (0, 1, …)")  # fmt: skip
+    c.add_argument("-a", "--addresses", metavar="HOST:PORT;…",
+                   help="every process's cluster address, in process-id order, "
+                   "separated by ; (as python -m bytewax.run -a)")  # fmt: skip
+    c.add_argument("-p", "--local-processes", type=int, default=1, metavar="N",
+                   help="start N processes on this host as one cluster (default 1)")  # fmt: skip
+
+
+def _processes(text: str) -> list[int]:
+    """``1,2,4`` to ``[1, 2, 4]``."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        msg = f"{text!r} is not a list of process counts like 1,2,4"
+        raise argparse.ArgumentTypeError(msg)
+    return counts
+
+
+def _scale_args(bench: argparse.ArgumentParser) -> None:
+    scale = bench.add_argument_group("scaling benchmark (--processes)")
+    scale.add_argument(
+        "--processes",
+        type=_processes,
+        nargs="?",
+        const=[1, 2],
+        metavar="P,P,…",
+        help="events/s of the air-quality flow as a cluster of P processes (one worker "
+        "each) sharing one $share subscription, for each P (default 1,2), read from a "
+        "private mosquitto pre-loaded with --events readings; prints speedup and "
+        "efficiency = throughput(P) / (P x throughput(1))",
+    )
+    scale.add_argument("--per-message", type=int, default=50, metavar="K",
+                       help="readings per MQTT message, a JSON array of one sensor's "
+                       "readings (default 50; 1: one reading per message)")  # fmt: skip
+    scale.add_argument("--repeat", type=int, default=1, metavar="N",
+                       help="runs per P; the best is reported (default 1)")  # fmt: skip
 
 
 def _soak_args(bench: argparse.ArgumentParser) -> None:
@@ -314,6 +391,7 @@ def _replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgewatch`` console script."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # edgewatch run -p re-runs it
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -325,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dataflows.scoring import score_command  # noqa: PLC0415
 
             return score_command(args)
-        commands = {"replay": _replay, "train": _train}
+        commands = {"replay": _replay, "train": _train, "evaluate": _evaluate}
         return commands.get(args.command, _bench)(args)
     except ConfigError as exc:
         sys.stderr.write(f"edgewatch: configuration error: {exc}\n")
@@ -355,6 +433,33 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     t.add_argument("--int8", action="store_true", help="also export and compare an int8 model")
 
 
+def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate the pump detectors on a labelled dataset (SKAB)",
+        description="SKAB protocol: per file, the first --train-rows rows train and the "
+        "rest are streamed row by row; pooled F1, FAR %% and MAR %% against the anomaly "
+        "column for each detector and for 1/2/3-of-3 votes. Progress on stderr; the last "
+        "line is one JSON object.",
+    )
+    e.add_argument("dir", metavar="DIR", help="folder of SKAB *.csv files (e.g. valve1)")
+    e.add_argument("--dataset", required=True, choices=("skab",), help="dataset layout")
+    e.add_argument("--detector", default="all",
+                   choices=("hst", "mahalanobis", "autoencoder", "ensemble", "all"),
+                   help="rows of the table (default all)")  # fmt: skip
+    e.add_argument("--k", type=int, default=2, choices=(1, 2, 3), help="votes to alert (2)")
+    e.add_argument("--train-rows", type=int, default=400, metavar="N",
+                   help="training prefix of each file (default 400)")  # fmt: skip
+    e.add_argument("--plot", metavar="OUT_DIR",
+                   help="one PNG per file (needs pip install -e '.[plot]')")  # fmt: skip
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dataflows.evaluate_skab import evaluate_command  # noqa: PLC0415
+
+    return evaluate_command(args)
+
+
 def _train(args: argparse.Namespace) -> int:
     from models.train import train_command  # noqa: PLC0415 - needs the train extra
 
@@ -376,6 +481,10 @@ def _bench(args: argparse.Namespace) -> int:
         from dataflows.bench_soak import soak_command  # noqa: PLC0415
 
         return soak_command(args)
+    if args.processes:
+        from dataflows.bench_scale import scale_bench_command  # noqa: PLC0415
+
+        return scale_bench_command(args)
     if args.mqtt:
         from dataflows.bench_mqtt import mqtt_bench_command  # noqa: PLC0415
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TypeVar
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from bytewax.dataflow import Dataflow
 
 from dataflows.settings import ConfigError, Settings
 from sinks.metrics import MQTTConnectionMetrics, serve
 from sources.mqtt import MQTTSource
 
-__all__ = ["instrument_source", "serve_metrics"]
+__all__ = ["instrument_source", "lazy_flow", "serve_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +55,23 @@ def instrument_source(source: S, flow: str) -> S:
             source, on_connect=hooks.connected, on_disconnect=hooks.disconnected
         )
     return source
+
+
+def lazy_flow(module: str, build: Callable[[Settings], Dataflow]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that builds ``flow`` on first access, from the environment.
+
+    ``python -m bytewax.run dataflows.<name>:flow`` reads the attribute; the metrics
+    endpoint starts then, and importing the module does nothing.
+    """
+
+    def __getattr__(name: str) -> Any:  # noqa: N807 - a module's __getattr__
+        if name == "flow":
+            settings = Settings.load()
+            serve_metrics(settings)
+            built = build(settings)
+            vars(sys.modules[module])["flow"] = built
+            return built
+        msg = f"module {module!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    return __getattr__

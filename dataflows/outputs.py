@@ -11,12 +11,17 @@ Every flow writes alerts and invalid input the same way:
 - optionally every scored reading as a ``{"sensor_id", "ts", "score"}`` JSON line to
   ``scored_path`` (:func:`add_scored_output`), to count and audit what was processed;
 - with MQTT outputs, a retained ``<prefix>status/<node>`` that reads ``online`` while
-  the flow runs and ``offline`` after it stopped or died (last will).
+  the flow runs and ``offline`` after it stopped or died (last will);
+- fleet incidents, when a flow has them, with the alerts (JSON lines, metrics) and to
+  ``<prefix>alerts/fleet/<group>`` on the broker;
+- optionally an audit log (:func:`add_audit`): every alert, incident and other audited
+  record as a JSON line with where the alerts went, in size-rotated files.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 
 import bytewax.operators as op
 import orjson
@@ -24,22 +29,49 @@ from bytewax.dataflow import Stream
 
 from dataflows.inputs import mqtt_settings
 from dataflows.settings import Settings
+from operators.correlate import INCIDENT_TOPIC, keyed_incident
 from operators.records import Alert, Invalid, Scored
+from sinks.audit import AuditedAlert, AuditSink
 from sinks.jsonl import JSONLinesSink
 from sinks.metrics import AlertMetricsSink, DeadLetterMetricsSink, InvalidMetricsSink
 from sinks.mqtt import KeyedPayload, MQTTSink
 
-__all__ = ["add_outputs", "add_scored_output", "scored_lines"]
+__all__ = ["add_audit", "add_outputs", "add_scored_output", "delivered_to", "scored_lines"]
+
+
+def delivered_to(settings: Settings) -> list[str]:
+    """Names of the destinations alerts go to (``jsonl``, ``mqtt``), for the audit log."""
+    return [name for name, on in (("jsonl", bool(settings.alerts_path)),
+                                  ("mqtt", settings.publishes_mqtt)) if on]  # fmt: skip
+
+
+def add_audit(
+    settings: Settings, records: Stream[AuditedAlert], model_versions: Mapping[str, str]
+) -> None:
+    """Write ``records`` to the audit log at ``settings.audit_path``, if set."""
+    if settings.audit_path:
+        sink = AuditSink(settings.audit_path, delivered_to=delivered_to(settings),
+                         model_versions=model_versions)  # fmt: skip
+        op.output("audit_out", records, sink)
 
 
 def add_outputs(
-    settings: Settings, flow_name: str, alerts: Stream[Alert], invalid: Stream[Invalid]
+    settings: Settings,
+    flow_name: str,
+    alerts: Stream[Alert],
+    invalid: Stream[Invalid],
+    incidents: Stream[Alert] | None = None,
 ) -> None:
-    """Attach the alert and dead-letter sinks the settings ask for to ``alerts``/``invalid``."""
+    """Attach the alert and dead-letter sinks the settings ask for to ``alerts``/``invalid``.
+
+    ``incidents`` (fleet incidents) join the alerts' JSON lines and metrics, and on the
+    broker go to ``alerts/fleet/<group>``.
+    """
+    every = alerts if incidents is None else op.merge("alerts_incidents", alerts, incidents)
     if settings.alerts_path:
-        lines = op.map("alert_json", alerts, Alert.to_json)
+        lines = op.map("alert_json", every, Alert.to_json)
         op.output("alerts_out", lines, JSONLinesSink(settings.alerts_path))
-    op.output("alert_metrics", alerts, AlertMetricsSink(flow_name))
+    op.output("alert_metrics", every, AlertMetricsSink(flow_name))
 
     def dead_line(inv: Invalid) -> bytes:
         return inv.to_json(flow_name)
@@ -78,6 +110,9 @@ def add_outputs(
         op.map("deadletter_mqtt_item", dead, keyed_dead),
         sink("deadletter/{key}", "deadletter"),
     )
+    if incidents is not None:
+        keyed = op.map("incident_mqtt", incidents, keyed_incident)
+        op.output("incidents_mqtt", keyed, sink(INCIDENT_TOPIC, "incidents"))
 
 
 def scored_lines(item: tuple[str, Scored]) -> list[bytes]:

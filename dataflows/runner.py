@@ -22,16 +22,30 @@ from typing import TextIO, cast
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from dataflows.air_quality import FLOW_NAME, build_flow
+from dataflows import air_quality, pump, smart_meter
 from dataflows.evaluation import Evaluation, evaluate_alerts
 from dataflows.inputs import simulator_config
 from dataflows.monitoring import serve_metrics
-from dataflows.settings import Settings
+from dataflows.settings import Cluster, ConfigError, Settings
 from operators.records import Alert
 from sinks.metrics import counter_values, metrics
 from sources.simulator import Simulator
 
-__all__ = ["epoch_interval", "format_alert", "recovery_config", "run_command"]
+__all__ = [
+    "cluster_of",
+    "epoch_interval",
+    "format_alert",
+    "prepare_recovery",
+    "recovery_config",
+    "run_command",
+    "split_addresses",
+]
+
+
+FLOW_NAME = air_quality.FLOW_NAME
+_FLOWS = {FLOW_NAME: air_quality, pump.FLOW_NAME: pump, smart_meter.FLOW_NAME: smart_meter}
+_FIELDS = {pump.FLOW_NAME: pump.CHANNELS[:3], smart_meter.FLOW_NAME: ("power_kw",)}
+"""Fields an alert line shows, by flow (air quality: the scored ones)."""
 
 
 def format_alert(a: Alert, fields: Sequence[str] = ()) -> str:
@@ -93,35 +107,81 @@ def _settings(args: argparse.Namespace) -> Settings:
         snapshot_interval_s=args.snapshot_interval,
         backup_interval_s=args.backup_interval,
     )
-    if settings.mqtt_group and args.workers > 1 and settings.mqtt_partitions == 1:
-        settings = dataclasses.replace(settings, mqtt_partitions=args.workers)
+    settings = settings.for_cluster(cluster_of(args))
     if settings.alerts_path == "-":  # alerts are printed as text; keep stdout readable
         settings = dataclasses.replace(settings, alerts_path="")
     return settings
 
 
+def cluster_of(args: argparse.Namespace) -> Cluster:
+    """The cluster ``-w/-i/-a`` ask for (a single process without ``-i``).
+
+    Raises:
+        ConfigError: ``-i`` without ``-a``, or a process id that ``-a`` does not list.
+    """
+    workers = max(args.workers, 1)
+    if args.process_id is None:
+        if args.addresses:
+            msg = "-a/--addresses needs -i/--process-id (or -p N for local processes)"
+            raise ConfigError(msg)
+        return Cluster(workers_per_process=workers)
+    addresses = split_addresses(args.addresses or "")
+    if not 0 <= args.process_id < len(addresses):
+        msg = (f"-i {args.process_id} needs -a listing at least {args.process_id + 1} "
+               f"host:port addresses, one per process (got {len(addresses)})")  # fmt: skip
+        raise ConfigError(msg)
+    return Cluster(args.process_id, len(addresses), workers)
+
+
+def split_addresses(text: str) -> list[str]:
+    """``host:port`` addresses separated by ``;`` (as ``bytewax.run -a``) or ``,``.
+
+    >>> split_addresses("a:2101; b:2101,c:2101")
+    ['a:2101', 'b:2101', 'c:2101']
+    """
+    return [a.strip() for a in text.replace(",", ";").split(";") if a.strip()]
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """Run the flow to the end of its input and print the summary."""
+    """Run the flow to the end of its input and print the summary.
+
+    With ``-p N`` (and no ``-i``), start N such processes on this host as one cluster
+    instead (:func:`dataflows.cluster.run_local_cluster`).
+    """
+    if args.process_id is None and args.local_processes > 1:
+        from dataflows.cluster import run_local_cluster  # noqa: PLC0415
+
+        return run_local_cluster(args, args.local_processes)
+    cluster = cluster_of(args)
     settings = _settings(args)
     served = serve_metrics(settings)
     out = sys.stdout
-    out.write(f"edgewatch run: {FLOW_NAME} flow on {_describe(settings)}\n")
+    member = ""
+    if cluster.processes > 1:
+        member = f" (process {cluster.process_id} of {cluster.processes})"
+    name = getattr(args, "flow", FLOW_NAME)
+    if name == pump.FLOW_NAME:  # its default input is the SKAB replay
+        settings = pump.pump_settings(settings)
+    out.write(f"edgewatch run: {name} flow{member} on {_describe(settings)}\n")
     if served is not None:
         out.write(f"metrics: http://{served[0]}:{served[1]}/metrics\n")
-    collect = _Collector(max(args.max_print, 0), out, settings.hst_features)
-    flow = build_flow(settings, on_alerts=collect)
+    fields = _FIELDS.get(name, settings.hst_features)
+    collect = _Collector(max(args.max_print, 0), out, fields)
+    flow = _FLOWS[name].build_flow(settings, on_alerts=collect)
     before = _counts()
     stop = threading.Event()
-    ticker = threading.Thread(target=_progress, args=(stop, before), daemon=True)
+    ticker = threading.Thread(target=_progress, args=(stop, before, name), daemon=True)
     if sys.stderr.isatty():
         ticker.start()
     start = time.perf_counter()
     interrupted = False
-    recovery = recovery_config(settings, max(args.workers, 1))
+    recovery = recovery_config(settings, cluster.workers)
     try:
         cast(Callable[..., None], cli_main)(
             flow,
-            workers_per_process=max(args.workers, 1),
+            workers_per_process=cluster.workers_per_process,
+            process_id=cluster.process_id if cluster.processes > 1 else None,
+            addresses=split_addresses(args.addresses) if cluster.processes > 1 else None,
             epoch_interval=epoch_interval(settings),
             recovery_config=recovery,
         )
@@ -135,11 +195,17 @@ def run_command(args: argparse.Namespace) -> int:
         more = len(collect.alerts) - collect.max_print
         out.write(f"… {more:,} more alerts (--alerts FILE keeps them all as JSON lines)\n")
     evaluation = None
-    if settings.source == "simulator":
+    if name == FLOW_NAME and settings.source == "simulator" and cluster.processes == 1:
         labels = Simulator(simulator_config(settings)).labels()
         evaluation = evaluate_alerts(collect.alerts, labels)
-    _summary(out, settings, collect.alerts, _delta(before, after), wall, evaluation)
+    _summary(out, settings, collect.alerts, _delta(before, after, name), wall, evaluation)
     return 130 if interrupted else 0
+
+
+def prepare_recovery(args: argparse.Namespace, processes: int) -> None:
+    """Make the recovery store of ``edgewatch run ARGS`` for a cluster of ``processes``."""
+    settings = _settings(args)
+    recovery_config(settings, processes * max(args.workers, 1))
 
 
 def recovery_config(settings: Settings, partitions: int = 1) -> RecoveryConfig | None:
@@ -205,21 +271,21 @@ def _counts() -> _Counts:
     }
 
 
-def _delta(before: _Counts, after: _Counts) -> dict[str, Counter[str]]:
+def _delta(before: _Counts, after: _Counts, flow: str = FLOW_NAME) -> dict[str, Counter[str]]:
     """Per-kind counts of this run for our flow, keyed by the last label (detector, …)."""
     out: dict[str, Counter[str]] = {}
     for kind, values in after.items():
         tally: Counter[str] = Counter()
         for labels, v in values.items():
-            if labels[0] == FLOW_NAME:
+            if labels[0] == flow:
                 tally[labels[-1]] += int(v - before[kind].get(labels, 0.0))
         out[kind] = +tally
     return out
 
 
-def _progress(stop: threading.Event, before: _Counts, tick: float = 1.0) -> None:
+def _progress(stop: threading.Event, before: _Counts, flow: str, tick: float = 1.0) -> None:
     while not stop.wait(tick):
-        done = sum(_delta(before, _counts())["events"].values())
+        done = sum(_delta(before, _counts(), flow)["events"].values())
         sys.stderr.write(f"\r  {done:,} events scored…")
         sys.stderr.flush()
     sys.stderr.write("\r" + " " * 40 + "\r")

@@ -29,13 +29,22 @@ import numpy as np
 from dataflows.air_quality import hst_factory
 from dataflows.inputs import build_source, iter_messages
 from dataflows.settings import ConfigError, Settings
+from models.ensemble import DETECTORS, EnsembleConfig, PumpEnsemble
+from models.runtime import normalise
 from operators.impute import RunningMeanImputer
 from operators.parse import ParseLimits, parse_message
 from operators.records import Invalid, Reading
 from operators.score import features_matrix
 from operators.tflite_score import MODEL_THRESHOLD, tflite_detector_factory
 
-__all__ = ["LIMIT_ROWS", "estimate_limits", "score_command", "score_readings", "score_tflite"]
+__all__ = [
+    "LIMIT_ROWS",
+    "estimate_limits",
+    "score_command",
+    "score_ensemble",
+    "score_readings",
+    "score_tflite",
+]
 
 LIMIT_ROWS = 1000
 _log = logging.getLogger(__name__)
@@ -90,14 +99,42 @@ def score_tflite(
 ) -> list[float]:
     """Score readings with a shipped TFLite detector, one detector per key; input order."""
     model, cls, kwargs = tflite_detector_factory(detector, calibrate=calibrate)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(readings):
-        groups[r.sensor_id if per_sensor else "fleet"].append(i)
     scores = [0.0] * len(readings)
-    for idx in groups.values():
+    for idx in _groups(readings, per_sensor):
         x = features_matrix([readings[i] for i in idx], features)
         for i, s in zip(idx, cls(model, **kwargs).score_learn_many(x).tolist(), strict=True):
             scores[i] = s
+    return scores
+
+
+def _groups(readings: list[Reading], per_sensor: bool) -> list[list[int]]:
+    """Indices of the readings of each key (sensor, or one ``fleet`` key), in order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(readings):
+        groups[r.sensor_id if per_sensor else "fleet"].append(i)
+    return list(groups.values())
+
+
+def score_ensemble(
+    readings: list[Reading], features: Sequence[str], per_sensor: bool, detector: str,
+    train_rows: int = 400,
+) -> list[float]:  # fmt: skip
+    """Score readings with a :class:`PumpEnsemble` per key; input order.
+
+    ``ensemble`` scores ``votes / 3`` (above 0.5 exactly when 2 of 3 detectors flag);
+    ``mahalanobis`` its member's smoothed score normalised so its threshold is 0.5.
+    Training rows score 0. Missing values take their running mean (0 before any).
+    """
+    config = EnsembleConfig(channels=tuple(features), train_rows=train_rows)
+    scores = [0.0] * len(readings)
+    for idx in _groups(readings, per_sensor):
+        batch = RunningMeanImputer(features).transform_many([readings[i] for i in idx])
+        out = PumpEnsemble(config).process(np.nan_to_num(features_matrix(batch, features)))
+        col = DETECTORS.index("mahalanobis")
+        ratio = out.scores[:, col] / out.thresholds[:, col]
+        got = out.votes / len(DETECTORS) if detector == "ensemble" else normalise(ratio, 1.0, "x")
+        for i, v in zip(idx, np.nan_to_num(got).tolist(), strict=True):
+            scores[i] = v
     return scores
 
 
@@ -137,7 +174,7 @@ def score_command(args: argparse.Namespace) -> int:
     if not readings:
         msg = f"no valid readings in {args.input} as --format {args.format}"
         raise ConfigError(msg)
-    if args.detector == "hst":
+    if args.detector in {"hst", "mahalanobis", "ensemble"}:
         features = _features_for(args.format, readings[0], settings, args.features)
     else:
         features = _model_features(args)
@@ -150,6 +187,9 @@ def score_command(args: argparse.Namespace) -> int:
     if args.detector == "hst":
         settings = dataclasses.replace(settings, hst_features=features)
         scores = iter(score_readings(readings, settings, per_sensor))
+    elif args.detector in {"mahalanobis", "ensemble"}:
+        train_rows = getattr(args, "train_rows", 400)
+        scores = iter(score_ensemble(readings, features, per_sensor, args.detector, train_rows))
     else:
         calibrate = getattr(args, "calibrate", 0)
         scores = iter(score_tflite(readings, args.detector, features, per_sensor, calibrate))

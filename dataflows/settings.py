@@ -13,6 +13,7 @@ HST limits are ``field:low:high`` items, e.g.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -27,9 +28,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["MQTT_OUTPUTS", "SOURCES", "ConfigError", "Settings"]
+__all__ = ["MQTT_OUTPUTS", "SOURCES", "Cluster", "ConfigError", "Settings", "bytewax_cluster"]
 
-SOURCES = ("simulator", "mqtt", "purpleair", "purpleair-api", "jsonl", "csv", "nab", "skab")
+SOURCES = ("simulator", "mqtt", "purpleair", "purpleair-api", "jsonl", "csv", "nab", "skab",
+           "household-power")  # fmt: skip
 MQTT_OUTPUTS = ("auto", "on", "off")
 MODES = ("per-sensor", "fleet")
 SCOPES = ("sensor", "fleet")
@@ -148,8 +150,29 @@ class Settings:
     twice; false: score every reading in arrival order."""
     idle_timeout_s: float = 86_400.0
     """Drop a sensor's state after this long without readings (0 keeps it forever)."""
+    cluster_processes: int = 1
+    """Processes of the Bytewax cluster this one belongs to (set by ``-i``/``-a``): with
+    more than one, raw messages are routed to the worker owning their topic's sensor and
+    parsed there, so readings never cross processes pickled."""
     metrics_addr: str = "127.0.0.1:9464"
     """Serve Prometheus metrics on ``HOST:PORT`` (``:PORT``: every interface; empty: none)."""
+    audit_path: str = ""
+    """Pump flow: audit log of alerts, incidents and applied feedback (empty: none)."""
+    ensemble_k: int = 2
+    """Pump flow: detectors (of hst, mahalanobis, autoencoder) that must agree to alert."""
+    ensemble_train_rows: int = 400
+    """Pump flow: rows each pump learns from before it scores."""
+    fleet_groups: tuple[str, ...] = ()
+    """Pump flow: ``SENSOR=GROUP`` items (``PREFIX*=GROUP``: ids starting with PREFIX; the
+    first match wins) for fleet incidents; empty: none."""
+    fleet_k: int = 3
+    fleet_window_s: float = 300.0
+    """Pump flow: ``fleet_k`` sensors of a group alerting within this make an incident."""
+    meter_households: int = 8
+    meter_duration_s: int = 172_800
+    """Smart-meter flow: the simulated households (``sim_seed`` seeds them)."""
+    meter_field: str = ""
+    """Smart-meter flow: the power field (default: the model's, or Global_active_power)."""
 
     @classmethod
     def load(
@@ -177,7 +200,30 @@ class Settings:
         hints = typing.get_type_hints(cls)
         settings = cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
         settings.validate()
+        if env is os.environ and _under_bytewax_run():
+            settings = settings.for_cluster(bytewax_cluster())
         return settings
+
+    def for_cluster(self, cluster: Cluster) -> Settings:
+        """These settings for one process of a Bytewax cluster.
+
+        With a shared group and the default single MQTT partition, one client per worker
+        of the whole cluster (the partitions are spread over the workers, so each has
+        one); the metrics port is the base port plus the process id, so processes on one
+        host never clash (process 0 keeps ``metrics_addr`` as it is).
+
+        >>> s = Settings.load(env={}, mqtt_group="g", metrics_addr=":9464")
+        >>> c = s.for_cluster(Cluster(process_id=1, processes=2, workers_per_process=2))
+        >>> c.mqtt_partitions, c.metrics_addr
+        (4, ':9465')
+        """
+        changes: dict[str, Any] = {"cluster_processes": cluster.processes}
+        if self.mqtt_group and self.mqtt_partitions == 1:
+            changes["mqtt_partitions"] = cluster.workers
+        if self.metrics_addr and cluster.process_id:
+            host, _, port = self.metrics_addr.rpartition(":")
+            changes["metrics_addr"] = f"{host}:{int(port) + cluster.process_id}"
+        return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that makes no sense.
@@ -212,7 +258,10 @@ class Settings:
              "max_rate_per_sensor must be >= 0 (0: off) and rate_window_s positive"),
             (not self.metrics_addr or self.metrics_addr.rpartition(":")[2].isdigit(),
              "metrics_addr must be HOST:PORT, :PORT or empty (no metrics)"),
-            (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair")
+            (2 <= self.fleet_k and self.fleet_window_s > 0 and 1 <= self.ensemble_k <= 3
+             and all("=" in g for g in self.fleet_groups),
+             "need fleet_k >= 2, fleet_window_s > 0, ensemble_k in 1..3, SENSOR=GROUP items"),
+            (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair", "household-power")
              or bool(self.source_path),
              f"source {self.source!r} needs source_path (EDGEWATCH_SOURCE_PATH or --input)"),
         ]  # fmt: skip
@@ -224,6 +273,49 @@ class Settings:
     def publishes_mqtt(self) -> bool:
         """Whether alerts, dead letters and the node status go to the broker."""
         return self.mqtt_outputs == "on" or (self.mqtt_outputs == "auto" and self.source == "mqtt")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The shape of a Bytewax execution: this process's id, processes, workers in each."""
+
+    process_id: int = 0
+    processes: int = 1
+    workers_per_process: int = 1
+
+    @property
+    def workers(self) -> int:
+        """Workers in the whole cluster."""
+        return self.processes * self.workers_per_process
+
+
+def bytewax_cluster(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> Cluster:
+    """The cluster ``python -m bytewax.run`` was asked for, from its ``-w/-i/-a`` arguments.
+
+    ``BYTEWAX_WORKERS_PER_PROCESS``, ``BYTEWAX_PROCESS_ID`` and ``BYTEWAX_ADDRESSES`` (which
+    ``bytewax.run`` also reads) fill in what ``argv`` leaves out.
+
+    >>> bytewax_cluster(["m:flow", "-w", "2", "-i", "1", "-a", "a:1;b:1;c:1"], env={})
+    Cluster(process_id=1, processes=3, workers_per_process=2)
+    >>> bytewax_cluster(["m:flow"], env={"BYTEWAX_PROCESS_ID": "0", "BYTEWAX_ADDRESSES": "a:1"})
+    Cluster(process_id=0, processes=1, workers_per_process=1)
+    """
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-w", "--workers-per-process", type=int,
+                        default=env.get("BYTEWAX_WORKERS_PER_PROCESS", 1))  # fmt: skip
+    parser.add_argument("-i", "--process-id", type=int, default=env.get("BYTEWAX_PROCESS_ID", 0))
+    parser.add_argument("-a", "--addresses", default=env.get("BYTEWAX_ADDRESSES", ""))
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    addresses = [a for a in str(known.addresses).split(";") if a.strip()]
+    return Cluster(int(known.process_id), max(len(addresses), 1),
+                   max(int(known.workers_per_process), 1))  # fmt: skip
+
+
+def _under_bytewax_run() -> bool:
+    """Whether this process is ``python -m bytewax.run``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "bytewax.run"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -192,7 +192,8 @@ class Alert:
         ts: Event time of the reading.
         detected_at: Wall-clock time the alert was made.
         values: The reading's values (after imputation).
-        votes: Per-detector scores that took part in the decision.
+        votes: Per-detector scores that took part in the decision (an ensemble gives each
+            detector's ``{"score", "threshold", "vote"}``).
         severity: ``"warning"`` or ``"critical"``.
         imputed: Fields of the reading that were imputed.
     """
@@ -206,7 +207,7 @@ class Alert:
     ts: datetime
     detected_at: datetime
     values: dict[str, float | None]
-    votes: dict[str, float] = field(default_factory=dict)
+    votes: dict[str, Any] = field(default_factory=dict)
     severity: str = "warning"
     imputed: tuple[str, ...] = ()
 

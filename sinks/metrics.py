@@ -1,7 +1,8 @@
 """Every edgewatch metric, the sinks and hooks that update them, and the HTTP endpoint.
 
 Names are ``edgewatch_*`` in base units (seconds), counters end in ``_total`` and labels
-come only from a fixed small set (flow, detector, reason, severity, field) — never a
+come only from a fixed small set (flow, detector, reason, severity, field, and the
+feedback ``label``, true_positive or false_positive) — never a
 sensor id or anything else taken from a payload. The two ``_info`` metrics carry
 constant metadata labels as well (versions, model parameters), set once from code and
 configuration. Metrics are created lazily in the default ``prometheus_client`` registry
@@ -37,7 +38,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, start_h
 from sinks.batch_histogram import BatchHistogram
 from sinks.memory import CallbackSink
 
-__all__ = ["AlertMetricsSink", "DeadLetterMetricsSink", "InvalidMetricsSink",
+__all__ = ["AlertMetricsSink", "DeadLetterMetricsSink", "FeedbackMetricsSink", "InvalidMetricsSink",
            "MQTTConnectionMetrics", "Metrics", "ScoreMetricsSink",
            "counter_values", "inference_timer", "metrics", "prepare_flow", "serve",
            "set_model_info"]  # fmt: skip
@@ -103,6 +104,7 @@ class Metrics:
     active_sensors: Gauge
     mqtt_connected: Gauge
     mqtt_reconnects: Counter
+    feedback: Counter
     model: Info
     build: Info
 
@@ -140,6 +142,8 @@ def _create() -> Metrics:
                              "to the broker (0: disconnected).", f),
         mqtt_reconnects=Counter("edgewatch_mqtt_reconnects", "MQTT subscriber connections "
                                 "after the first.", f),
+        feedback=Counter("edgewatch_feedback", "Operator feedback (true_positive / "
+                         "false_positive) applied to a model.", [*f, "label"]),
         model=Info("edgewatch_model", "Detector version and parameters.", fd),
         build=Info("edgewatch_build", "edgewatch build."),
     )  # fmt: skip
@@ -166,9 +170,12 @@ def prepare_flow(
     reasons: Iterable[str] = (),
     fields: Iterable[str] = (),
     severities: Iterable[str] = ("warning", "critical"),
+    feedback_labels: Iterable[str] = (),
 ) -> None:
     """Create a flow's series at zero, so dashboards and ``rate()`` see them from the start."""
     m = metrics()
+    for label in feedback_labels:
+        m.feedback.labels(flow, label)
     m.lag.touch((flow,))
     m.deadletters.labels(flow)
     for det in detectors:
@@ -263,6 +270,19 @@ class DeadLetterMetricsSink(CallbackSink[object]):
 
     def __init__(self, flow: str) -> None:
         super().__init__(partial(_count_deadletters, flow))
+
+
+class FeedbackMetricsSink(CallbackSink[str]):
+    """Counts feedback applied to a model; takes its labels (a fixed, validated set)."""
+
+    def __init__(self, flow: str) -> None:
+        super().__init__(partial(_count_feedback, flow))
+
+
+def _count_feedback(flow: str, labels: list[str]) -> None:
+    m = metrics()
+    for label, n in Tally(labels).items():
+        m.feedback.labels(flow, label).inc(n)
 
 
 class _ActiveSensors:

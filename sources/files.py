@@ -18,18 +18,20 @@ CSV bytes that are not UTF-8 are decoded as U+FFFD, so such a cell is non-numeri
 from __future__ import annotations
 
 import csv
+import gzip
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 __all__ = [
     "SKAB_LABEL_COLUMNS",
     "CSVSource",
+    "household_power_source",
     "JSONLSource",
     "nab_source",
     "read_labels",
@@ -99,6 +101,13 @@ def _number(cell: str) -> float | str | None:
         return cell
 
 
+def _open_binary(path: Path) -> IO[bytes]:
+    """The file's bytes; a ``.gz`` file's decompressed (seekable, so resumable too)."""
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return path.open("rb")
+
+
 def _header(cells: list[str]) -> list[str]:
     return [cells[0].lstrip("\ufeff"), *cells[1:]] if cells else cells
 
@@ -142,7 +151,7 @@ class _CSVPartition(StatefulSourcePartition[RowMessage, Position]):
         self._skip: set[str] = set()
 
     def _open(self) -> IO[bytes]:
-        f = self._f = self._path.open("rb")
+        f = self._f = _open_binary(self._path)
         first = next(_rows(f, self._src.delimiter, 0), None)
         if first is None:  # an empty file
             return f
@@ -283,6 +292,21 @@ def skab_source(paths: Paths, batch_size: int = 1000) -> CSVSource:
         delimiter=";",
         timestamp_column="datetime",
         drop_columns=SKAB_LABEL_COLUMNS,
+        batch_size=batch_size,
+    )
+
+
+def household_power_source(paths: Paths, batch_size: int = 1000) -> CSVSource:
+    """UCI household power files (``date_time`` column, kW; ``.gz`` read as it is).
+
+    Every file is one meter, ``household``, unless several files are given (then the
+    file names are the meters).
+    """
+    files = _paths(paths)
+    return CSVSource(
+        files,
+        timestamp_column="date_time",
+        sensor_id_default="household" if len(files) == 1 else None,
         batch_size=batch_size,
     )
 

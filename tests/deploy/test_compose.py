@@ -21,17 +21,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from dataflows.cli import _parser
 from dataflows.local_broker import wait_until
-from dataflows.settings import Settings
+from dataflows.settings import Cluster, Settings, bytewax_cluster
 from tests.deploy.conftest import DEPLOY, REPO, deploy_broker, make_auth
 
 SECRETS = ("MQTT_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
-FLOW_IMAGES = ("edgewatch", "replayer", "replayer-purpleair")
+FLOW_IMAGES = ("edgewatch", "edgewatch-1", "replayer", "replayer-purpleair")
 
 
 def compose(docker_compose: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "MQTT_USERNAME"}
     return subprocess.run(
-        [docker_compose, "--env-file", ".env.example", "--profile", "purpleair", *args],
+        [docker_compose, "--env-file", ".env.example", "--profile", "purpleair", "--profile",
+         "scale", *args],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False, env=clean | env,
     )  # fmt: skip
 
@@ -44,8 +45,9 @@ def resolved(docker_compose: str) -> dict[str, Any]:
 
 
 def test_config_validates_every_service(resolved: dict[str, Any]) -> None:
-    assert set(resolved["services"]) == {"mosquitto-init", "mosquitto", "edgewatch", "replayer",
-                                         "replayer-purpleair", "prometheus", "grafana"}  # fmt: skip
+    assert set(resolved["services"]) == {"mosquitto-init", "mosquitto", "edgewatch", "edgewatch-1",
+                                         "replayer", "replayer-purpleair", "prometheus",
+                                         "grafana"}  # fmt: skip
     assert resolved["services"]["mosquitto"]["depends_on"]["mosquitto-init"] == {
         "condition": "service_completed_successfully"
     }
@@ -79,7 +81,8 @@ def test_ports_bound_to_localhost_except_mqtt(resolved: dict[str, Any]) -> None:
     assert published.pop("prometheus") == [("127.0.0.1", 9090, 9090)]
     assert published.pop("grafana") == [("127.0.0.1", 3000, 3000)]
     assert not any(published.values()), published  # the flow's metrics stay internal
-    assert resolved["services"]["edgewatch"]["expose"] == ["9464"]
+    assert resolved["services"]["edgewatch"]["expose"] == ["9464", "2101"]
+    assert resolved["services"]["edgewatch-1"]["expose"] == ["9465", "2101"]
 
 
 def test_flows_run_under_init_and_stop_on_sigint(resolved: dict[str, Any]) -> None:
@@ -95,10 +98,39 @@ def test_flow_environment_is_valid_edgewatch_settings(resolved: dict[str, Any]) 
     assert settings.source == "mqtt" and settings.mqtt_url == "mqtt://mosquitto:1883"
     assert settings.metrics_addr == ":9464" and settings.mqtt_username == "edge"
     assert resolved["services"]["edgewatch"]["command"] == [
-        "python", "-m", "bytewax.run", "dataflows.air_quality:flow", "-s", "1"]  # fmt: skip
+        "python", "-m", "bytewax.run", "dataflows.air_quality:flow", "-s", "1",
+        "-i", "0", "-a", "edgewatch:2101"]  # fmt: skip  # a cluster of one by default
     prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "edgewatch")
     assert job["static_configs"][0]["targets"] == ["edgewatch:9464"]
+
+
+def test_scale_profile_is_one_bytewax_cluster_scraped_per_process(docker_compose: str) -> None:
+    cluster = "edgewatch:2101;edgewatch-1:2101"
+    done = compose(docker_compose, "config", MQTT_PASSWORD="pw-1", GRAFANA_ADMIN_PASSWORD="pw-2",
+                   EDGEWATCH_CLUSTER=cluster)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    assert services["edgewatch-1"]["profiles"] == ["scale"]
+    prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "edgewatch")
+    scraped = set(job["static_configs"][0]["targets"])
+    scraped |= {f"{n}:{sd['port']}" for sd in job["dns_sd_configs"] for n in sd["names"]}
+    for pid, name in enumerate(("edgewatch", "edgewatch-1")):
+        service = services[name]
+        argv = service["command"]
+        assert argv[:4] == ["python", "-m", "bytewax.run", "dataflows.air_quality:flow"]
+        cluster_args = bytewax_cluster(argv[4:], env={})
+        assert cluster_args == Cluster(process_id=pid, processes=2), argv
+        assert argv[argv.index("-a") + 1] == cluster  # addresses by service name, same list
+        env = {k: str(v) for k, v in service["environment"].items()}
+        settings = Settings.load(env=env).for_cluster(cluster_args)
+        assert settings.mqtt_group == "edgewatch" and settings.mqtt_partitions == 2
+        port = int(settings.metrics_addr.rpartition(":")[2])
+        assert port == 9464 + pid and f"{name}:{port}" in scraped
+        assert str(port) in service["expose"] and "2101" in service["expose"]
+        health = " ".join(service.get("healthcheck", {}).get("test", [])) or "9464"
+        assert str(port) in health  # edgewatch-1 overrides the image's 9464 check
 
 
 def test_replayer_commands_parse_with_the_real_cli(resolved: dict[str, Any]) -> None:

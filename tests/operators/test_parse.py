@@ -4,6 +4,7 @@ import math
 import random
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 import bytewax.operators as op
 import orjson
@@ -13,7 +14,15 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.parse import REASONS, ParseLimits, parse, parse_many, parse_message
+from operators.parse import (
+    REASONS,
+    ParseLimits,
+    parse,
+    parse_keyed,
+    parse_many,
+    parse_message,
+    parse_routed,
+)
 from operators.records import Invalid, Reading
 from tests.messages import FAMILIES, Message
 
@@ -220,6 +229,33 @@ def test_operator_splits_streams_in_a_real_dataflow() -> None:
     assert [e.reason for e in errs] == ["malformed_json"]
 
 
+@pytest.mark.parametrize("operator", [parse_keyed, parse_routed])
+def test_keyed_parsers_key_readings_and_route_invalid_ones(operator: Callable[..., Any]) -> None:
+    rng = random.Random(4)
+    messages = [rng.choice(FAMILIES)(rng, NOW) for _ in range(120)]
+    msgs = [(m.topic, m.payload, NOW) for m in messages]
+    expected = [x for m in msgs for x in parse_message(*m)]
+    oks: list[tuple[str, Reading]] = []
+    errs: list[Invalid] = []
+    flow = Dataflow("keyed_parse_test")
+    out = operator("parse", op.input("in", flow, TestingSource(msgs, 7)), _sensor)
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    assert all(k == r.sensor_id for k, r in oks)
+    by_sensor = sorted((r.sensor_id, r.ts, repr(r.values)) for _, r in oks)
+    assert by_sensor == sorted(
+        (r.sensor_id, r.ts, repr(r.values)) for r in expected if type(r) is Reading
+    )
+    assert sorted(e.reason for e in errs) == sorted(
+        e.reason for e in expected if type(e) is Invalid
+    )
+
+
+def _sensor(r: Reading) -> str:
+    return r.sensor_id
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.randoms(use_true_random=False), st.sampled_from(FAMILIES))
 def test_hostile_message_families_get_their_reason(
@@ -241,9 +277,7 @@ def test_hostile_message_families_get_their_reason(
 
 @settings(max_examples=100, deadline=None)
 @given(st.randoms(use_true_random=False), st.integers(1, 40))
-def test_batch_fast_path_gives_what_parsing_each_message_gives(
-    rng: random.Random, n: int
-) -> None:
+def test_batch_fast_path_gives_what_parsing_each_message_gives(rng: random.Random, n: int) -> None:
     batch = [(m.topic, m.payload, NOW) for m in (rng.choice(FAMILIES)(rng, NOW) for _ in range(n))]
     batch.append(("purpleair", {"sensor_index": 7, "last_seen": NOW, "pm": 1.0}, NOW))
     one_by_one = [x for origin, p, t in batch for x in parse_message(origin, p, t)]

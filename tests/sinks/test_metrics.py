@@ -27,7 +27,7 @@ from sinks.metrics import (
     serve,
 )
 
-ALLOWED_LABELS = {"flow", "detector", "reason", "severity", "field"}
+ALLOWED_LABELS = {"flow", "detector", "reason", "severity", "field", "label"}  # label: feedback
 T0 = datetime(2024, 4, 1, tzinfo=timezone.utc)
 
 
@@ -49,7 +49,7 @@ def test_names_units_and_labels_follow_the_rules() -> None:
         "edgewatch_events", "edgewatch_invalid", "edgewatch_imputed", "edgewatch_alerts",
         "edgewatch_deadletters", "edgewatch_anomaly_score", "edgewatch_event_lag_seconds",
         "edgewatch_inference_seconds", "edgewatch_active_sensors", "edgewatch_mqtt_connected",
-        "edgewatch_mqtt_reconnects", "edgewatch_model", "edgewatch_build",
+        "edgewatch_mqtt_reconnects", "edgewatch_model", "edgewatch_build", "edgewatch_feedback",
     }  # fmt: skip
     for name, family in families.items():
         for s in family.samples:

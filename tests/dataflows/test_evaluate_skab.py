@@ -1,0 +1,53 @@
+"""``edgewatch evaluate --dataset skab`` and ``score --detector ensemble`` as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from dataflows.evaluate_skab import read_skab_file
+from tests.dataflows.test_cli import DATA, edgewatch, needs_data
+
+
+@needs_data
+def test_evaluate_prints_a_table_and_figures_computed_from_the_labels(tmp_path: Path) -> None:
+    for name in ("0.csv", "1.csv"):
+        shutil.copy(DATA / "skab" / "valve1" / name, tmp_path / name)
+    done = edgewatch("evaluate", "--dataset", "skab", str(tmp_path), "--train-rows", "400")
+    lines = done.stdout.strip().splitlines()
+    report = orjson.loads(lines[-1])
+    assert "2-of-3 *" in done.stdout and "[2/2]" in done.stderr
+    labels = np.concatenate([read_skab_file(tmp_path / n)[1][400:] for n in ("0.csv", "1.csv")])
+    assert report["scored_rows"] == len(labels)
+    assert set(report["results"]) == {"hst", "mahalanobis", "autoencoder",
+                                      "1-of-3", "2-of-3", "3-of-3"}  # fmt: skip
+    for r in report["results"].values():
+        assert r["tp"] + r["fn"] == labels.sum() and r["fp"] + r["tn"] == (~labels).sum()
+        assert abs(r["f1"] - 2 * r["tp"] / (2 * r["tp"] + r["fp"] + r["fn"])) < 1e-4
+        assert abs(r["far"] - 100 * r["fp"] / (r["fp"] + r["tn"])) < 0.01
+        assert abs(r["mar"] - 100 * r["fn"] / (r["fn"] + r["tp"])) < 0.01
+    votes = [report["results"][f"{k}-of-3"]["tp"] for k in (1, 2, 3)]
+    assert votes == sorted(votes, reverse=True)
+    assert "Temperature" not in report["channels"] and report["state_bytes_per_sensor"] > 0
+
+
+def test_score_ensemble_on_a_univariate_csv(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(10.0, 1.0, 800)
+    values[600:650] += 8.0
+    src = tmp_path / "series.csv"
+    src.write_text(
+        "timestamp,value\n"
+        + "".join(f"2024-01-01T00:{i // 60:02d}:{i % 60:02d},{v}\n" for i, v in enumerate(values))
+    )
+    out = tmp_path / "scores.csv"
+    done = edgewatch("score", str(src), "--format", "nab", "--detector", "ensemble",
+                     "--train-rows", "300", "-o", str(out))  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    flags = np.array([int(r["is_anomaly"]) for r in rows])
+    assert len(rows) == 800 and not flags[:300].any() and flags[615:650].all()
+    assert "value" in done.stderr

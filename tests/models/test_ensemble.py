@@ -1,0 +1,104 @@
+"""PumpEnsemble on real SKAB rows: batch splits, training prefix, votes, feedback, state."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from dataflows.evaluate_skab import SKAB_CHANNELS, read_skab_file
+from models.ensemble import DETECTORS, EnsembleConfig, EnsembleScores, PumpEnsemble
+from tests.dataflows.test_cli import DATA, needs_data
+
+CONFIG = EnsembleConfig(channels=SKAB_CHANNELS, train_rows=200, epochs=100)
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    x, _ = read_skab_file(DATA / "skab" / "valve1" / "1.csv")
+    return x[:700]
+
+
+def _run(ens: PumpEnsemble, x: np.ndarray, cuts: list[int]) -> EnsembleScores:
+    edges = [0, *cuts, len(x)]
+    parts = [ens.process(x[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    fields = EnsembleScores.__annotations__
+    return EnsembleScores(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+
+def _same(a: EnsembleScores, b: EnsembleScores) -> None:
+    for f in EnsembleScores.__annotations__:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+
+
+@needs_data
+def test_results_do_not_depend_on_the_batch_split(rows: np.ndarray) -> None:
+    whole = PumpEnsemble(CONFIG).process(rows)
+    rng = np.random.default_rng(3)
+    cuts = sorted(rng.choice(np.arange(1, len(rows)), 40, replace=False).tolist())
+    _same(whole, _run(PumpEnsemble(CONFIG), rows, cuts))
+    _same(whole, _run(PumpEnsemble(CONFIG), rows, list(range(1, len(rows)))))
+    assert whole.votes[200:].any() and not whole.votes[200:].all()
+
+
+@needs_data
+def test_training_prefix_gets_no_verdicts_and_votes_follow_flags(rows: np.ndarray) -> None:
+    for k in (1, 2, 3):
+        out = PumpEnsemble(EnsembleConfig(SKAB_CHANNELS, k=k, train_rows=200, epochs=100))
+        res = out.process(rows)
+        assert res.training[:200].all() and not res.training[200:].any()
+        assert np.isnan(res.scores[:200]).all() and np.isnan(res.thresholds[:200]).all()
+        assert not res.flags[:200].any() and not res.alerts[:200].any()
+        assert np.isfinite(res.scores[200:]).all()
+        np.testing.assert_array_equal(res.flags, res.scores > res.thresholds)
+        np.testing.assert_array_equal(res.votes, res.flags.sum(axis=1))
+        np.testing.assert_array_equal(res.alerts, res.votes >= k)
+
+
+@needs_data
+def test_feedback_moves_thresholds_within_bounds(rows: np.ndarray) -> None:
+    ens = PumpEnsemble(CONFIG)
+    base = ens.process(rows[:300]).thresholds[-1]
+    ens.feedback("false_positive")
+    np.testing.assert_allclose(ens.process(rows[300:301]).thresholds[0], base * 1.1)
+    for _ in range(50):
+        ens.feedback("false_positive")
+    np.testing.assert_allclose(ens.process(rows[301:302]).thresholds[0], base * 4.0)
+    for _ in range(100):
+        ens.feedback("true_positive")
+    np.testing.assert_allclose(ens.process(rows[302:303]).thresholds[0], base * 0.5)
+    with pytest.raises(ValueError, match="label"):
+        ens.feedback("maybe")
+
+
+@needs_data
+@pytest.mark.parametrize("at", [150, 450])
+def test_pickle_round_trip_continues_identically(rows: np.ndarray, at: int) -> None:
+    ens = PumpEnsemble(CONFIG)
+    ens.process(rows[:at])
+    ens.feedback("false_positive")
+    blob = pickle.dumps(ens, protocol=pickle.HIGHEST_PROTOCOL)
+    copy = pickle.loads(blob)  # noqa: S301 - our own bytes
+    _same(ens.process(rows[at:]), copy.process(rows[at:]))
+    assert len(blob) < (30_000 if at < 200 else 8_000)
+    assert PumpEnsemble.from_state(ens.state()).model_version == "pump-ensemble-1+ae:numpy"
+
+
+def test_univariate_runs_all_three_detectors() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 1))
+    x[500:540] += 6.0
+    res = PumpEnsemble(EnsembleConfig(channels=("value",), train_rows=300)).process(x)
+    assert res.scores.shape == (600, len(DETECTORS))
+    assert res.flags[515:540].all(axis=0).all()
+    assert res.alerts[515:540].all() and res.alerts[300:480].mean() < 0.1
+
+
+def test_bad_config_and_rows_are_refused() -> None:
+    with pytest.raises(ValueError, match="k must"):
+        EnsembleConfig(channels=("a",), k=4)
+    with pytest.raises(ValueError, match="tflite|only"):
+        EnsembleConfig(channels=("a",), autoencoder="tflite")
+    with pytest.raises(ValueError, match="finite"):
+        PumpEnsemble(EnsembleConfig(channels=("a",))).process(np.array([[np.nan]]))

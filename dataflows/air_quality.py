@@ -35,7 +35,6 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from dataflows.fleet_node import fleet_scoring
 from dataflows.inputs import read_keyed_input
 from dataflows.monitoring import lazy_flow
 from dataflows.outputs import add_outputs, add_scored_output
@@ -106,9 +105,8 @@ def build_flow(
         unkeyed = op.map("unkey", imputed, _value)
         imputed = key_batched("rekey", unkeyed, _key(settings.mode == "per-sensor"))
     timer = inference_timer(FLOW_NAME, "hst")
-    models = fleet_scoring(settings, FLOW_NAME, hst_factory(settings), imputed)  # fleet learning
-    new, restore = models or (hst_factory(settings), None)
-    scored = score("score", imputed, "hst", settings.hst_features, new, idle, timer, restore)
+    scored = score("score", imputed, "hst", settings.hst_features, hst_factory(settings), idle,
+                   timer)  # fmt: skip
     judged = threshold("threshold", scored, settings.threshold)
     alerts = to_alert("to_alert", judged, FLOW_NAME)
 

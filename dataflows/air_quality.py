@@ -35,6 +35,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
+from dataflows.fleet_node import fleet_scoring
 from dataflows.inputs import read_keyed_input
 from dataflows.monitoring import lazy_flow
 from dataflows.outputs import add_outputs, add_scored_output
@@ -105,8 +106,9 @@ def build_flow(
         unkeyed = op.map("unkey", imputed, _value)
         imputed = key_batched("rekey", unkeyed, _key(settings.mode == "per-sensor"))
     timer = inference_timer(FLOW_NAME, "hst")
-    scored = score("score", imputed, "hst", settings.hst_features, hst_factory(settings), idle,
-                   timer)  # fmt: skip
+    models = fleet_scoring(settings, FLOW_NAME, hst_factory(settings), imputed)  # fleet learning
+    new, restore = models or (hst_factory(settings), None)
+    scored = score("score", imputed, "hst", settings.hst_features, new, idle, timer, restore)
     judged = threshold("threshold", scored, settings.threshold)
     alerts = to_alert("to_alert", judged, FLOW_NAME)
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from bytewax.errors import BytewaxRuntimeError
 
+from dataflows.fleet_status import add_fleet_parser, fleet_command
 from dataflows.settings import SOURCES, ConfigError
 
 __all__ = ["main"]
@@ -255,9 +256,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=("lstm", "autoencoder"),
         help="benchmark a TFLite model's inference instead of the dataflow",
     )
-    _replay_parser(sub)
-    _train_parser(sub)
-    _evaluate_parser(sub)
+    for add_parser in (_replay_parser, _train_parser, _evaluate_parser, add_fleet_parser):
+        add_parser(sub)
     return p
 
 
@@ -403,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dataflows.scoring import score_command  # noqa: PLC0415
 
             return score_command(args)
-        commands = {"replay": _replay, "train": _train, "evaluate": _evaluate}
+        commands = {"replay": _replay, "train": _train, "evaluate": _evaluate,
+                    "fleet": fleet_command}  # fmt: skip
         return commands.get(args.command, _bench)(args)
     except ConfigError as exc:
         sys.stderr.write(f"edgewatch: configuration error: {exc}\n")

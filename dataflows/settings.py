@@ -173,6 +173,18 @@ class Settings:
     """Smart-meter flow: the simulated households (``sim_seed`` seeds them)."""
     meter_field: str = ""
     """Smart-meter flow: the power field (default: the model's, or Global_active_power)."""
+    fleet_sync_group: str = ""
+    """Fleet learning (air-quality flow, needs MQTT): this node's group. Non-empty turns it
+    on: the node publishes its model summary to ``models/<flow>/<node>`` and new sensors
+    start from ``models/<flow>/fleet/<group>``; the aggregator (``dataflows.fleet``)
+    merges this group only (empty there: every group)."""
+    fleet_prior_gain: float = 2.0
+    """Fleet learning: weight of the fleet's average masses in a new sensor's prior
+    (``operators.fleet_sync.PriorStore``): higher, fewer false alarms and less recall."""
+    fleet_publish_s: float = 60.0
+    """Fleet learning: seconds between two summaries a node publishes."""
+    fleet_expiry_s: float = 86_400.0
+    """Fleet aggregator: drop a node's summary this long after it was made."""
 
     @classmethod
     def load(
@@ -261,6 +273,10 @@ class Settings:
             (2 <= self.fleet_k and self.fleet_window_s > 0 and 1 <= self.ensemble_k <= 3
              and all("=" in g for g in self.fleet_groups),
              "need fleet_k >= 2, fleet_window_s > 0, ensemble_k in 1..3, SENSOR=GROUP items"),
+            (self.fleet_publish_s > 0 and self.fleet_expiry_s > 0 and self.fleet_prior_gain > 0
+             and not set(self.fleet_sync_group) & set("/+#\0"),
+             "need fleet_publish_s, fleet_expiry_s, fleet_prior_gain > 0, a fleet_sync_group "
+             "without / + #"),
             (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair", "household-power")
              or bool(self.source_path),
              f"source {self.source!r} needs source_path (EDGEWATCH_SOURCE_PATH or --input)"),

@@ -88,6 +88,7 @@ def score(
     new_model: Callable[[], BatchDetector],
     idle_timeout: timedelta | None = timedelta(hours=24),
     observe_seconds: Callable[[float], None] | None = None,
+    restore_model: Callable[[bytes], BatchDetector] | None = None,
 ) -> KeyedStream[Scored]:
     """Score each key's readings with its own model, score before learn.
 
@@ -100,6 +101,7 @@ def score(
         idle_timeout: Drop a key's model after this much wall time without readings.
         observe_seconds: Called with the wall time of every model call (one key's batch),
             e.g. an inference-time histogram's ``observe``.
+        restore_model: Rebuilds a key's model from its snapshot bytes (default: unpickle).
 
     Returns:
         One :class:`Scored` batch per key and Bytewax batch, keyed like ``up``.
@@ -107,7 +109,12 @@ def score(
     names = tuple(features)
 
     def build(resume: bytes | None) -> _ScoreLogic:
-        model = new_model() if resume is None else pickle.loads(resume)  # noqa: S301
+        if resume is None:
+            model = new_model()
+        elif restore_model is not None:
+            model = restore_model(resume)
+        else:
+            model = pickle.loads(resume)  # noqa: S301
         return _ScoreLogic(detector, names, model, idle_timeout, observe_seconds)
 
     return op.stateful_batch("score", up, build)

@@ -40,7 +40,7 @@ from sinks.memory import CallbackSink
 
 __all__ = ["AlertMetricsSink", "DeadLetterMetricsSink", "FeedbackMetricsSink", "InvalidMetricsSink",
            "MQTTConnectionMetrics", "Metrics", "ScoreMetricsSink",
-           "counter_values", "inference_timer", "metrics", "prepare_flow", "serve",
+           "count_fleet", "counter_values", "inference_timer", "metrics", "prepare_flow", "serve",
            "set_model_info"]  # fmt: skip
 
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
@@ -105,6 +105,9 @@ class Metrics:
     mqtt_connected: Gauge
     mqtt_reconnects: Counter
     feedback: Counter
+    fleet_published: Counter
+    fleet_rejected: Counter
+    fleet_priors: Counter
     model: Info
     build: Info
 
@@ -144,6 +147,13 @@ def _create() -> Metrics:
                                 "after the first.", f),
         feedback=Counter("edgewatch_feedback", "Operator feedback (true_positive / "
                          "false_positive) applied to a model.", [*f, "label"]),
+        fleet_published=Counter("edgewatch_fleet_summaries_published", "Model summaries "
+                                 "a node or the fleet aggregator published.", f),
+        fleet_rejected=Counter("edgewatch_fleet_summaries_rejected", "Model summaries "
+                               "refused (by a node or the aggregator), by reason.",
+                               [*f, "reason"]),
+        fleet_priors=Counter("edgewatch_fleet_priors", "New sensors whose model started "
+                             "from the fleet prior.", f),
         model=Info("edgewatch_model", "Detector version and parameters.", fd),
         build=Info("edgewatch_build", "edgewatch build."),
     )  # fmt: skip
@@ -188,6 +198,15 @@ def prepare_flow(
         m.invalid.labels(flow, reason)
     for name in fields:
         m.imputed.labels(flow, name)
+
+
+def count_fleet(flow: str, what: str, reason: str = "") -> None:
+    """Count a fleet summary ``published`` or ``rejected`` (with ``reason``), or a ``prior``."""
+    m = metrics()
+    if what == "rejected":
+        m.fleet_rejected.labels(flow, reason).inc()
+    else:
+        (m.fleet_published if what == "published" else m.fleet_priors).labels(flow).inc()
 
 
 def set_model_info(flow: str, detector: str, params: str, model_version: str = "") -> None:

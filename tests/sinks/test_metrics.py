@@ -50,6 +50,8 @@ def test_names_units_and_labels_follow_the_rules() -> None:
         "edgewatch_deadletters", "edgewatch_anomaly_score", "edgewatch_event_lag_seconds",
         "edgewatch_inference_seconds", "edgewatch_active_sensors", "edgewatch_mqtt_connected",
         "edgewatch_mqtt_reconnects", "edgewatch_model", "edgewatch_build", "edgewatch_feedback",
+        "edgewatch_fleet_summaries_published", "edgewatch_fleet_summaries_rejected",
+        "edgewatch_fleet_priors",
     }  # fmt: skip
     for name, family in families.items():
         for s in family.samples:

@@ -369,7 +369,7 @@ def _values(
         raise _Bad(TOO_MANY_VALUES, f"{len(vals)} fields > limit {limits.max_values}")
     numbers = vals.values()
     try:  # fast path, all in C: only ints and finite floats
-        if set(map(type, numbers)) <= _NUMBER_TYPES and all(map(math.isfinite, numbers)):
+        if _NUMBER_TYPES.issuperset(map(type, numbers)) and all(map(math.isfinite, numbers)):
             return vals
     except OverflowError:  # an int beyond float range
         pass

@@ -37,7 +37,8 @@ def plot_file(
         ax.plot(t, res.thresholds[:, j], "r--", lw=0.8, label="threshold")
         ax.fill_between(t, 0, 1, where=labels, color="orange", alpha=0.2,
                         transform=ax.get_xaxis_transform(), label="anomaly")  # fmt: skip
-        ax.set_yscale("symlog")
+        if name != "hst":  # HST scores lie in [0, 1]; the distances span decades
+            ax.set_yscale("symlog")
         ax.legend(loc="upper left", fontsize=7)
     ax = axes[-1]
     ax.step(t, res.votes, where="post", lw=0.8, label="votes")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
 from dataflows.evaluate_skab import read_skab_file
 from tests.dataflows.test_cli import DATA, edgewatch, needs_data
@@ -33,6 +34,17 @@ def test_evaluate_prints_a_table_and_figures_computed_from_the_labels(tmp_path: 
     votes = [report["results"][f"{k}-of-3"]["tp"] for k in (1, 2, 3)]
     assert votes == sorted(votes, reverse=True)
     assert "Temperature" not in report["channels"] and report["state_bytes_per_sensor"] > 0
+
+
+@needs_data
+def test_evaluate_plot_writes_one_png_per_file(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    shutil.copy(DATA / "skab" / "valve1" / "3.csv", tmp_path / "3.csv")
+    done = edgewatch("evaluate", "--dataset", "skab", str(tmp_path), "--plot",
+                     str(tmp_path / "plots"))  # fmt: skip
+    assert orjson.loads(done.stdout.strip().splitlines()[-1])["files"] == 1
+    png = (tmp_path / "plots" / "3.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # four panels drawn
 
 
 def test_score_ensemble_on_a_univariate_csv(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, Source
 
 from dataflows.monitoring import instrument_source
@@ -152,17 +152,27 @@ def read_input(
 
     Reads ``source``, else the source the settings name (with its metrics hooks).
     """
-    src = source or instrument_source(build_source(settings, flow_name), flow_name)
-    raw = op.input("input", flow, src)
-    limits = ParseLimits(
-        max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
-    )
+    raw, limits = _raw_input(flow, settings, flow_name, source)
     parsed = parse("parse", raw, limits)
     if settings.max_rate_per_sensor > 0:
         limited = rate_limit("rate_limit", parsed.oks, settings.max_rate_per_sensor,
                              settings.rate_window_s)  # fmt: skip
         parsed = ParseOut(limited.oks, op.merge("invalid", parsed.errs, limited.errs))
     return parsed
+
+
+def _raw_input(
+    flow: Dataflow, settings: Settings, flow_name: str, source: Source[RawMessage] | None
+) -> tuple[Stream[RawMessage], ParseLimits]:
+    """The flow's input step and the parse limits the settings give.
+
+    The input reads ``source``, else the source the settings name (with its metrics hooks).
+    """
+    src = source or instrument_source(build_source(settings, flow_name), flow_name)
+    limits = ParseLimits(
+        max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
+    )
+    return op.input("input", flow, src), limits
 
 
 def read_keyed_input(
@@ -182,11 +192,7 @@ def read_keyed_input(
     if settings.max_rate_per_sensor > 0:
         parsed = read_input(flow, settings, flow_name, source)
         return KeyedParseOut(key_batched("key", parsed.oks, key), parsed.errs)
-    src = source or instrument_source(build_source(settings, flow_name), flow_name)
-    raw = op.input("input", flow, src)
-    limits = ParseLimits(
-        max_payload_bytes=settings.max_payload_bytes, max_future_s=settings.max_future_s
-    )
+    raw, limits = _raw_input(flow, settings, flow_name, source)
     if settings.cluster_processes > 1:  # route bytes, not parsed readings, between processes
         return parse_routed("parse", raw, key, limits)
     return parse_keyed("parse", raw, key, limits)

@@ -21,20 +21,19 @@ extra per key: its state is the sensor's last event time, kept with the running 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from operator import attrgetter, lt
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
+from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
 from operators.keyed import IdleEvictingLogic
-from operators.parse import DUPLICATE_READING, OUT_OF_ORDER
+from operators.parse import DUPLICATE_READING, OUT_OF_ORDER, KeyedParseOut, split_keyed
 from operators.records import Invalid, Reading
 
-__all__ = ["DEFAULT_IMPUTE_FIELDS", "ImputeOut", "OrderGuard", "RunningMeanImputer", "impute"]
+__all__ = ["DEFAULT_IMPUTE_FIELDS", "OrderGuard", "RunningMeanImputer", "impute"]
 
 DEFAULT_IMPUTE_FIELDS = ("temperature", "humidity", "pressure", "pm1.0_cf_1")
 
@@ -176,16 +175,6 @@ class _ImputeLogic(IdleEvictingLogic[Reading, "Reading | Invalid", _State]):
         return self._imputer.state(), self._guard.state() if self._guard is not None else ()
 
 
-@dataclass(frozen=True)
-class ImputeOut:
-    """What :func:`impute` splits into."""
-
-    oks: KeyedStream[Reading]
-    """The readings, keyed as they came, with missing fields filled."""
-    errs: Stream[Invalid]
-    """Readings refused by the order guard (``duplicate_reading``, ``out_of_order``)."""
-
-
 @operator
 def impute(
     step_id: str,
@@ -193,7 +182,7 @@ def impute(
     fields: Sequence[str] = DEFAULT_IMPUTE_FIELDS,
     idle_timeout: timedelta | None = timedelta(hours=24),
     reject_stale: bool = True,
-) -> ImputeOut:
+) -> KeyedParseOut:
     """Impute missing values per key with a running mean, guarding event-time order.
 
     Args:
@@ -212,15 +201,4 @@ def impute(
     judged = op.stateful_batch(
         "impute", up, lambda resume: _ImputeLogic(names, idle_timeout, reject_stale, resume)
     )
-    return ImputeOut(
-        op.flat_map_batch("oks", judged, _keyed_readings),
-        op.flat_map_batch("errs", judged, _invalids),
-    )
-
-
-def _keyed_readings(batch: list[tuple[str, Reading | Invalid]]) -> list[tuple[str, Reading]]:
-    return [kv for kv in batch if type(kv[1]) is Reading]  # type: ignore[misc]
-
-
-def _invalids(batch: list[tuple[str, Reading | Invalid]]) -> list[Invalid]:
-    return [v for _, v in batch if type(v) is Invalid]
+    return split_keyed("split", judged)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -42,6 +43,7 @@ __all__ = [
     "parse_message",
     "parse_routed",
     "split",
+    "split_keyed",
 ]
 
 
@@ -71,16 +73,12 @@ def parse(
     Returns:
         ``oks`` with :class:`Reading` records and ``errs`` with :class:`Invalid` ones.
     """
-
-    def parse_batch(batch: list[RawMessage]) -> list[Reading | Invalid]:
-        return parse_many(batch, limits)
-
-    return split("split", op.flat_map_batch("parse", up, parse_batch))
+    return split("split", op.flat_map_batch("parse", up, partial(parse_many, limits=limits)))
 
 
 @dataclass(frozen=True)
 class KeyedParseOut:
-    """What :func:`parse_keyed` splits into."""
+    """What :func:`parse_keyed`, :func:`parse_routed` and :func:`split_keyed` split into."""
 
     oks: KeyedStream[Reading]
     """Well-formed readings as ``(key, reading)``."""
@@ -107,13 +105,10 @@ def parse_keyed(
         ``oks`` with ``(key, reading)`` pairs and ``errs`` with :class:`Invalid` records.
     """
 
-    def parse_batch(batch: list[RawMessage]) -> list[Reading | Invalid]:
-        return parse_many(batch, limits)
-
     def keyed(batch: list[Reading | Invalid]) -> list[tuple[str, Reading]]:
         return [(key(x), x) for x in batch if type(x) is Reading]
 
-    mixed = op.flat_map_batch("parse", up, parse_batch)
+    mixed = op.flat_map_batch("parse", up, partial(parse_many, limits=limits))
     return KeyedParseOut(op.flat_map_batch("oks", mixed, keyed),
                          op.flat_map_batch("errs", mixed, _invalids))  # fmt: skip
 
@@ -158,15 +153,7 @@ def parse_routed(
     """
     routed = op.flat_map_batch("route", up, _routed)
     mixed = op.stateful_batch("parse", routed, lambda _: _ParseLogic(limits))
-
-    def keyed(batch: list[tuple[str, Reading | Invalid]]) -> list[tuple[str, Reading]]:
-        return [(key(x), x) for _, x in batch if type(x) is Reading]
-
-    def invalids(batch: list[tuple[str, Reading | Invalid]]) -> list[Invalid]:
-        return [x for _, x in batch if type(x) is Invalid]
-
-    return KeyedParseOut(op.flat_map_batch("oks", mixed, keyed),
-                         op.flat_map_batch("errs", mixed, invalids))  # fmt: skip
+    return split_keyed("split", mixed, key)
 
 
 def _routed(batch: list[RawMessage]) -> list[tuple[str, RawMessage]]:
@@ -180,6 +167,40 @@ def _routed(batch: list[RawMessage]) -> list[tuple[str, RawMessage]]:
             k = keys[origin] = topic_sensor(origin) or origin
         out.append((k, message))
     return out
+
+
+@operator
+def split_keyed(
+    step_id: str,
+    up: KeyedStream[Reading | Invalid],
+    key: Callable[[Reading], str] | None = None,
+) -> KeyedParseOut:
+    """Split a keyed mixed stream into its ``(key, reading)`` pairs and invalid records.
+
+    Args:
+        step_id: Unique ID.
+        up: ``(key, reading or invalid record)`` pairs, e.g. a keyed step's output.
+        key: Key the readings anew with this (default: keep the key they came with).
+
+    Returns:
+        Both streams, each in the order of ``up``.
+    """
+    if key is None:
+
+        def oks(batch: list[tuple[str, Reading | Invalid]]) -> list[tuple[str, Reading]]:
+            return [kv for kv in batch if type(kv[1]) is Reading]  # type: ignore[misc]
+
+    else:
+
+        def oks(batch: list[tuple[str, Reading | Invalid]]) -> list[tuple[str, Reading]]:
+            return [(key(x), x) for _, x in batch if type(x) is Reading]
+
+    return KeyedParseOut(op.flat_map_batch("oks", up, oks),
+                         op.flat_map_batch("errs", up, _keyed_invalids))  # fmt: skip
+
+
+def _keyed_invalids(batch: list[tuple[str, Reading | Invalid]]) -> list[Invalid]:
+    return [x for _, x in batch if type(x) is Invalid]
 
 
 @operator

@@ -215,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
         "(with --mqtt: a stock paho on_message subscriber)",
     )
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
+    bench.add_argument("--flow", choices=("air_quality", "security"), default="air_quality",
+                       help="security: messages/s of the security flow over the "
+                       "misbehaving-device simulator (--sensors devices, default 1000) "
+                       "against a decode + count_window baseline")  # fmt: skip
     mqtt = bench.add_argument_group("MQTT benchmark (--mqtt)")
     mqtt.add_argument(
         "--mqtt",
@@ -264,10 +268,12 @@ def _parser() -> argparse.ArgumentParser:
 def _flow_args(run: argparse.ArgumentParser) -> None:
     """``run``'s ``--config`` and ``--flow``."""
     run.add_argument("--config", metavar="FILE", help="TOML settings file")
-    run.add_argument("--flow", choices=("air_quality", "pump", "smart_meter"),
+    run.add_argument("--flow", choices=("air_quality", "pump", "smart_meter", "security"),
                      default="air_quality", help="air_quality (default), pump (SKAB "
-                     "ensemble, default input the SKAB valve1 replay) or smart_meter "
-                     "(TFLite LSTM, default input the smart-meter simulator)")  # fmt: skip
+                     "ensemble, default input the SKAB valve1 replay), smart_meter "
+                     "(TFLite LSTM, default input the smart-meter simulator) or security "
+                     "(device behaviour as intrusion signals, default input the "
+                     "misbehaving-device simulator)")  # fmt: skip
 
 
 def _cluster_args(run: argparse.ArgumentParser) -> None:
@@ -426,12 +432,24 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "metadata JSON and reference outputs to models/artifacts/ (or --out); prints the "
         "validation metrics. Needs pip install -e '.[train]'.",
     )
-    t.add_argument("model", choices=("pump-autoencoder", "smart-meter-lstm"))
+    t.add_argument("model", choices=("pump-autoencoder", "smart-meter-lstm", "pump-ensemble-ae"))
     t.add_argument("--out", metavar="DIR", help="output folder (default models/artifacts)")
     t.add_argument("--epochs", type=int, help="training epochs (default 40 / 12)")
     t.add_argument("--window", type=int, help="feature window (default 10) / LSTM window (200)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--int8", action="store_true", help="also export and compare an int8 model")
+    t.add_argument("--prefixes", nargs="+", metavar="PATH",
+                   help="pump-ensemble-ae: also train on the first 400 rows of these "
+                   "SKAB files (folders: their *.csv), the sensors --feedback is for")  # fmt: skip
+    t.add_argument("--feedback", nargs="+", metavar="FILE",
+                   help="pump-ensemble-ae: JSON lines of feedback records ({alert_id, label}) "
+                   "and/or the pump flow's audit log or alerts; values of alerts confirmed "
+                   "false_positive become normal training rows")  # fmt: skip
+    t.add_argument("--federated", action="store_true",
+                   help="pump-autoencoder: federated averaging over simulated nodes, each "
+                   "holding some SKAB valve1 files (models/federated.py)")  # fmt: skip
+    t.add_argument("--nodes", type=int, default=3, help="--federated: nodes (default 3)")
+    t.add_argument("--rounds", type=int, default=5, help="--federated: rounds (default 5)")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -443,8 +461,22 @@ def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "column for each detector and for 1/2/3-of-3 votes. Progress on stderr; the last "
         "line is one JSON object.",
     )
-    e.add_argument("dir", metavar="DIR", help="folder of SKAB *.csv files (e.g. valve1)")
-    e.add_argument("--dataset", required=True, choices=("skab",), help="dataset layout")
+    e.add_argument("dir", metavar="DIR", nargs="?",
+                   help="skab: folder of SKAB *.csv files (e.g. valve1)")  # fmt: skip
+    e.add_argument("--dataset", required=True, choices=("skab", "security-sim"),
+                   help="skab: the pump detectors on SKAB files; security-sim: the security "
+                   "flow on the labelled misbehaving-device simulator")  # fmt: skip
+    sim = e.add_argument_group("security-sim (per kind of misbehaviour: detected, windows "
+                               "to detect; false alarms per 1,000 device-hours)")  # fmt: skip
+    sim.add_argument("--devices", type=int, default=1000, help="devices (default 1000)")
+    sim.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
+    sim.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    sim.add_argument("--misbehaviours", type=int, default=10, metavar="N",
+                     help="misbehaving devices injected (default 10)")  # fmt: skip
+    sim.add_argument("--strict", action="store_true",
+                     help="exit 1 unless every misbehaviour is detected, the median time "
+                     "to detect is <= 2 windows and false alarms <= 1 per 1,000 "
+                     "device-hours")  # fmt: skip
     e.add_argument("--detector", default="all",
                    choices=("hst", "mahalanobis", "autoencoder", "ensemble", "all"),
                    help="rows of the table (default all)")  # fmt: skip
@@ -453,15 +485,46 @@ def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="training prefix of each file (default 400)")  # fmt: skip
     e.add_argument("--plot", metavar="OUT_DIR",
                    help="one PNG per file (needs pip install -e '.[plot]')")  # fmt: skip
+    e.add_argument("--autoencoder", choices=("numpy", "tflite"),
+                   help="the ensemble's autoencoder: per-sensor numpy (default) or the "
+                   "shared TFLite model (models/artifacts/pump_ensemble_ae)")  # fmt: skip
+    e.add_argument("--tflite-model", metavar="NAME|PATH",
+                   help="with --autoencoder tflite: another .tflite (from edgewatch train "
+                   "pump-ensemble-ae --out)")  # fmt: skip
+    e.add_argument("--ae-error", choices=("sum", "relative"),
+                   help="TFLite member's score: summed squared errors (default) or each "
+                   "feature's divided by its prefix mean")  # fmt: skip
+    e.add_argument("--threshold", choices=("prefix", "adaptive", "fixed"),
+                   help="detector thresholds: prefix quantiles (default), adaptive per "
+                   "context, or fixed context factors (see the README's Pump flow)")  # fmt: skip
+    e.add_argument(
+        "--context",
+        metavar="PARTS",
+        help="threshold context: comma-separated hour, daypart, season (hour)",
+    )
+    e.add_argument("--threshold-factors", metavar="PART=F,…",
+                   help="with --threshold fixed: e.g. summer=1.05,8=1.1 (default: the "
+                   "seed's factors)")  # fmt: skip
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.dataset == "security-sim":
+        from dataflows.evaluate_security import security_eval_command  # noqa: PLC0415
+
+        return security_eval_command(args)
+    if not args.dir:
+        msg = "--dataset skab needs DIR, a folder of SKAB *.csv files (e.g. valve1)"
+        raise ConfigError(msg)
     from dataflows.evaluate_skab import evaluate_command  # noqa: PLC0415
 
     return evaluate_command(args)
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.federated:
+        from models.federated import federated_command  # noqa: PLC0415 - needs the train extra
+
+        return federated_command(args)
     from models.train import train_command  # noqa: PLC0415 - needs the train extra
 
     return train_command(args)
@@ -486,6 +549,10 @@ def _bench(args: argparse.Namespace) -> int:
         from dataflows.bench_scale import scale_bench_command  # noqa: PLC0415
 
         return scale_bench_command(args)
+    if args.flow == "security":
+        from dataflows.bench_security import security_bench_command  # noqa: PLC0415
+
+        return security_bench_command(args)
     if args.mqtt:
         from dataflows.bench_mqtt import mqtt_bench_command  # noqa: PLC0415
 

@@ -19,6 +19,8 @@ import logging
 import pickle
 import sys
 import time
+from collections.abc import Hashable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from models.ensemble import DETECTORS, EnsembleConfig, EnsembleScores, PumpEnsemble
+from models.ensemble import DETECTORS, EnsembleConfig, EnsembleScores, PumpEnsemble, check_member
+from models.ensemble_thresholds import SEED_FACTORS, parse_factors
 from models.pump_detectors import prefix_drift, screen_channels, trailing_mean
+from models.thresholds import context_key
 
 __all__ = ["SKAB_CHANNELS", "evaluate_command", "read_skab_file", "rates"]
 
@@ -73,11 +77,21 @@ def _files(folder: Path) -> list[Path]:
     return files
 
 
-def _stream(ens: PumpEnsemble, x: Floats, train_rows: int) -> tuple[EnsembleScores, float]:
+def read_skab_times(path: Path) -> list[datetime]:
+    """The ``datetime`` column of a SKAB file (UTC, as the flow's SKAB source reads it)."""
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh, delimiter=";") if r]
+    col = rows[0].index("datetime")
+    return [datetime.fromisoformat(r[col]).replace(tzinfo=timezone.utc) for r in rows[1:]]
+
+
+def _stream(
+    ens: PumpEnsemble, x: Floats, ctx: list[Hashable], train_rows: int
+) -> tuple[EnsembleScores, float]:
     """Prefix in one batch, then one row at a time; results and seconds spent streaming."""
-    parts = [ens.process(x[:train_rows])]
+    parts = [ens.process(x[:train_rows], ctx[:train_rows])]
     t0 = time.perf_counter()
-    parts += [ens.process(x[i : i + 1]) for i in range(train_rows, len(x))]
+    parts += [ens.process(x[i : i + 1], ctx[i : i + 1]) for i in range(train_rows, len(x))]
     spent = time.perf_counter() - t0
     fields = [
         np.concatenate([getattr(p, f) for p in parts]) for f in EnsembleScores.__annotations__
@@ -86,22 +100,35 @@ def _stream(ens: PumpEnsemble, x: Floats, train_rows: int) -> tuple[EnsembleScor
 
 
 def evaluate(
-    folder: Path, k: int = 2, train_rows: int = 400, plot: Path | None = None
+    folder: Path,
+    k: int = 2,
+    train_rows: int = 400,
+    plot: Path | None = None,
+    context: Sequence[str] = ("hour",),
+    **ensemble: Any,
 ) -> dict[str, Any]:
-    """Run the protocol over ``folder``; every figure, as the JSON line prints them."""
+    """Run the protocol over ``folder``; every figure, as the JSON line prints them.
+
+    ``context`` names the parts of a row's threshold context (``context_key``: hour,
+    daypart, season; SKAB has no operating-mode field), read by adaptive and fixed
+    thresholds. ``ensemble`` holds further :class:`~models.ensemble.EnsembleConfig`
+    fields (e.g. ``autoencoder="tflite"``, ``threshold="adaptive"``).
+    """
     data = [(f, *read_skab_file(f)) for f in _files(folder)]
     pad = np.full((9, len(SKAB_CHANNELS)), np.nan)
     prefixes = [trailing_mean(pad, x[:train_rows], 10) for _, x, _ in data]
     keep = screen_channels(prefixes)
     drift = np.median([prefix_drift(p) for p in prefixes], axis=0)
     channels = tuple(c for c, m in zip(SKAB_CHANNELS, keep, strict=True) if m)
-    config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows)
+    config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows, **ensemble)
+    check_member(config)
     flags, votes, labels, fit_s, stream_s, sizes = [], [], [], 0.0, 0.0, []
     for i, (path, x, y) in enumerate(data, 1):
         ens = PumpEnsemble(config)
         t0 = time.perf_counter()
         ens.process(x[:train_rows][:0])
-        out, spent = _stream(ens, x[:, keep], train_rows)
+        ctx: list[Hashable] = [context_key(t, by=context) for t in read_skab_times(path)]
+        out, spent = _stream(ens, x[:, keep], ctx, train_rows)
         fit_s += time.perf_counter() - t0 - spent
         stream_s += spent
         sizes.append(len(pickle.dumps(ens, protocol=pickle.HIGHEST_PROTOCOL)))
@@ -122,6 +149,7 @@ def evaluate(
             "channels": list(config.channels),
             "median_prefix_drift": dict(zip(SKAB_CHANNELS, drift.round(3).tolist(), strict=True)),
             "model_version": PumpEnsemble(config).model_version, "results": results,
+            "threshold": config.threshold, "context": list(context),
             "fit_s_per_file": round(fit_s / len(data), 3),
             "us_per_row": round(1e6 * stream_s / max(1, len(lb)), 1),
             "state_bytes_per_sensor": int(np.median(sizes))}  # fmt: skip
@@ -153,7 +181,22 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
         require_matplotlib()
         plot.mkdir(parents=True, exist_ok=True)
-    report = evaluate(Path(args.dir), k=args.k, train_rows=args.train_rows, plot=plot)
+    names = ("autoencoder", "tflite_model", "ae_error", "threshold")
+    extra = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "context", None):
+        extra["context"] = tuple(p.strip() for p in args.context.split(",") if p.strip())
+    if extra.get("threshold") == "fixed":
+        items = (
+            (args.threshold_factors or "").split(",") if args.threshold_factors else SEED_FACTORS
+        )
+        extra["threshold_factors"] = parse_factors([i for i in items if i.strip()])
+        extra.setdefault("context", ("season", "hour"))
+    try:
+        report = evaluate(Path(args.dir), k=args.k, train_rows=args.train_rows, plot=plot,
+                          **extra)  # fmt: skip
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"edgewatch evaluate: {exc}\n")
+        return 2
     sys.stdout.write(_table(report, args.detector) + "\n")
     sys.stdout.write(orjson.dumps(report).decode() + "\n")
     return 0

@@ -8,7 +8,9 @@ them, encoded again and offered to a :class:`~operators.fleet_sync.PriorStore`, 
 the bytes a node would receive. Then ``--new`` sensors join (another seed, so other
 baselines), each with ``spike`` and ``drift`` episodes — the kinds Half-Space Trees on
 one PM channel can see — placed in its first 100 readings, and every one is scored twice
-on the same readings: from the fleet prior, and from scratch (the first window scores 0).
+on the same readings: from the fleet prior (the nodes' own code: a prior following the
+sensor's level, blended with its first own window), and from scratch (the first window
+scores 0).
 
 Reported, on the new sensors' first 100 readings: recall of labelled readings and of
 episodes (one alert inside is a catch), and the false-alarm rate (alerts on unlabelled
@@ -33,7 +35,13 @@ from dataflows.settings import Settings
 from models.fleet import merge
 from models.halfspace import HalfSpaceTrees
 from models.summaries import decode, encode
-from operators.fleet_sync import FleetModel, NodeAccumulator, PriorStore, hst_template
+from operators.fleet_sync import (
+    FleetModel,
+    NodeAccumulator,
+    PriorStore,
+    fleet_factories,
+    hst_template,
+)
 from sources.simulator import FIRST_SENSOR_INDEX, Simulator, SimulatorConfig
 
 __all__ = ["Outcome", "fleet_bench", "fleet_bench_command", "sensor_series"]
@@ -144,10 +152,10 @@ def fleet_bench(settings: Settings, *, sensors: int = 60, nodes: int = 3, new: i
                               kinds=VISIBLE, warmup_s=5 * interval)  # fmt: skip
     with_prior = without = first_window = Outcome(0, 0, 0, 0, 0, 0)
     window = settings.hst_window
+    joined = NodeAccumulator(accumulators[0].template)  # what the new sensors contribute
+    new_seeded, _ = fleet_factories(fresh, joined, prior, threshold=limit)
     for x, labels in sensor_series(new_cfg, field).values():
-        seeded = prior.new_model()
-        assert seeded is not None  # noqa: S101 - offered just above
-        alerts = _scores(seeded, x) > limit
+        alerts = _scores(new_seeded(), x) > limit
         with_prior += _judge(alerts, labels)
         first_window += _judge(alerts[:window], labels[:window])
         without += _judge(_scores(fresh(), x) > limit, labels)

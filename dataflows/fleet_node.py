@@ -2,12 +2,14 @@
 
 With ``fleet_sync_group`` set (and a broker, ``mqtt_url``), :func:`fleet_scoring` gives
 the air-quality flow's score step models that contribute to a :class:`FleetNode`
-(:mod:`operators.fleet_sync`) and a sink whose partitions start and stop it, so the
-flow's lifetime is the node's. Every ``fleet_publish_s`` (and when the flow stops) the
-node publishes its summary retained, QoS 1, to ``<prefix>models/<flow>/<node>``
-(``mqtt_node``, default the host name; at most :data:`models.summaries.MAX_BYTES`); it
-subscribes to ``<prefix>models/<flow>/fleet/<group>`` and seeds every sensor it has not
-seen with the fleet's prior from then on. A refused fleet summary is logged with its
+(:mod:`operators.fleet_sync`), and :func:`fleet_pumps` gives the pump flow's ensemble
+step pumps that do (:mod:`models.pump_fleet`); each adds a sink whose partitions start
+and stop the node, so the flow's lifetime is the node's. Every ``fleet_publish_s``
+(and when the flow stops) the node publishes its summary retained, QoS 1, to
+``<prefix>models/<flow>/<node>`` (``mqtt_node``, default the host name; at most
+:data:`models.summaries.MAX_BYTES`); it subscribes to
+``<prefix>models/<flow>/fleet/<group>`` and seeds every sensor it has not seen with the
+fleet's prior from then on. A refused fleet summary is logged with its
 reason and counted (``edgewatch_fleet_summaries_rejected_total{flow, reason}``); the node
 keeps the prior it had.
 """
@@ -15,9 +17,11 @@ keeps the prior it had.
 from __future__ import annotations
 
 import logging
+import pickle
 import socket
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import bytewax.operators as op
@@ -27,8 +31,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dataflows.inputs import mqtt_settings
 from dataflows.settings import ConfigError, Settings
+from models.ensemble import EnsembleConfig, PumpEnsemble
 from models.halfspace import HalfSpaceTrees
-from models.summaries import SummaryError, encode
+from models.pump_fleet import FleetPump, PumpNode, pump_template
+from models.summaries import Summary, SummaryError, encode
 from operators.fleet_sync import (
     FleetModel,
     NodeAccumulator,
@@ -38,7 +44,7 @@ from operators.fleet_sync import (
 )
 from sinks.metrics import count_fleet
 
-__all__ = ["FleetNode", "fleet_scoring", "node_name"]
+__all__ = ["FleetNode", "fleet_pumps", "fleet_scoring", "node_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +59,22 @@ def node_name(settings: Settings) -> str:
 
 
 class FleetNode:
-    """One flow instance's side of fleet learning: accumulator, prior, MQTT client.
+    """One flow instance's side of fleet learning: its summary, the prior, an MQTT client.
+
+    Args:
+        settings: Broker, group, node name and publishing period.
+        flow: The flow's name (a topic level).
+        summarise: The node's summary now (``None``: nothing to publish yet).
+        offer: Takes the fleet summary's bytes (raises ``SummaryError`` to refuse them).
 
     Nothing connects before :meth:`start`; :meth:`stop` publishes a last time.
     """
 
-    def __init__(self, settings: Settings, flow: str, new_model: Callable[[], HalfSpaceTrees]):
+    def __init__(self, settings: Settings, flow: str, summarise: Callable[[], Summary | None],
+                 offer: Callable[[bytes], Summary | None]) -> None:  # fmt: skip
         self.settings, self.flow, self.node = settings, flow, node_name(settings)
+        self.summarise, self.offer = summarise, offer
         group = settings.fleet_sync_group
-        template = hst_template(new_model, flow=flow, node=self.node, group=group)
-        self.accumulator = NodeAccumulator(template)
-        self.prior = PriorStore(template, settings.fleet_prior_gain)
         base = f"{settings.mqtt_prefix}models/{flow}"
         self.topic, self.fleet_topic = f"{base}/{self.node}", f"{base}/fleet/{group}"
         self.published = 0
@@ -103,7 +114,7 @@ class FleetNode:
 
     def publish(self) -> bool:
         """Publish the node's summary now (and wait for the PUBACK); False if none yet."""
-        summary, client = self.accumulator.summary(), self._client
+        summary, client = self.summarise(), self._client
         if summary is None or client is None:
             return False
         try:
@@ -133,7 +144,7 @@ class FleetNode:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            fleet = self.prior.offer(bytes(msg.payload))
+            fleet = self.offer(bytes(msg.payload))
         except SummaryError as error:
             logger.warning("fleet prior on %s refused: %s", msg.topic, error)
             count_fleet(self.flow, "rejected", error.reason)
@@ -141,8 +152,8 @@ class FleetNode:
         if fleet is None:
             logger.info("fleet prior on %s withdrawn", msg.topic)
         else:
-            logger.info("node %s: fleet prior received: group %s, %d windows", self.node,
-                        fleet.group, fleet.meta["windows"])  # fmt: skip
+            logger.info("node %s: fleet prior received: group %s, %d samples", self.node,
+                        fleet.group, fleet.count)  # fmt: skip
 
 
 class _Partition(StatelessSinkPartition[Any]):
@@ -180,11 +191,46 @@ def fleet_scoring(
     """
     if not settings.fleet_sync_group:
         return None
-    node = FleetNode(settings, flow, new_model)
+    template = hst_template(new_model, flow=flow, node=node_name(settings),
+                            group=settings.fleet_sync_group)  # fmt: skip
+    accumulator = NodeAccumulator(template)
+    prior = PriorStore(template, settings.fleet_prior_gain)
+    _add_node(FleetNode(settings, flow, accumulator.summary, prior.offer), anchor)
+    return fleet_factories(new_model, accumulator, prior, partial(count_fleet, flow, "prior"),
+                           settings.threshold)  # fmt: skip
+
+
+def fleet_pumps(
+    settings: Settings, flow: str, config: EnsembleConfig, anchor: Stream[Any]
+) -> tuple[Callable[[], PumpEnsemble], Callable[[bytes], PumpEnsemble]] | None:
+    """``(new, restore)`` pumps for the ensemble step, the node wired to ``anchor``'s flow.
+
+    A new pump starts from the fleet prior when the node has one; every pump adds its
+    normal rows to the node's summary. ``None`` when fleet learning is off.
+    """
+    if not settings.fleet_sync_group:
+        return None
+    template = pump_template(config, flow=flow, node=node_name(settings),
+                             group=settings.fleet_sync_group)  # fmt: skip
+    pumps = PumpNode(template)
+    _add_node(FleetNode(settings, flow, pumps.summary, partial(pumps.offer, q=config.q)), anchor)
+
+    def new() -> PumpEnsemble:
+        pump = FleetPump(config, pumps.prior)
+        if pump.prior is not None:
+            count_fleet(flow, "prior")
+        pump.node = pumps
+        return pump
+
+    def restore(data: bytes) -> PumpEnsemble:
+        pump = pickle.loads(data)  # noqa: S301 - our own snapshot
+        if isinstance(pump, FleetPump):
+            pump.node = pumps
+        return pump  # type: ignore[no-any-return]
+
+    return new, restore
+
+
+def _add_node(node: FleetNode, anchor: Stream[Any]) -> None:
     op.output("fleet_sync", op.flat_map_batch("fleet_sync_none", anchor, _nothing),
               _LifetimeSink(node))  # fmt: skip
-
-    def on_prior() -> None:
-        count_fleet(flow, "prior")
-
-    return fleet_factories(new_model, node.accumulator, node.prior, on_prior)

@@ -1,8 +1,10 @@
 """``edgewatch fleet status`` and ``edgewatch fleet bench``: the fleet-learning commands.
 
-``status`` reads the retained ``<prefix>models/air_quality/…`` topics for a moment and
-prints one line per group and node: samples, windows, age of the last summary, drift
-from the group's merged summary, and whether the aggregator merged it.
+``status`` reads the retained ``<prefix>models/<flow>/…`` topics (``--flow``, default
+air_quality) for a moment and prints one line per group and node: samples, windows (or
+pumps), age of the last summary, drift from the group's merged summary, and whether the
+aggregator merged it. ``bench`` runs :mod:`dataflows.fleet_bench` (``--flow pump``:
+:mod:`dataflows.fleet_bench_pump`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, TextIO
 import orjson
 import paho.mqtt.client as mqtt
 
+from dataflows.fleet import FLOWS
 from dataflows.inputs import mqtt_settings
 from dataflows.settings import Settings
 from models.summaries import SummaryError, decode
@@ -32,7 +35,7 @@ def add_fleet_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     fs = f.add_subparsers(dest="fleet_command", required=True, metavar="SUBCOMMAND")
     st = fs.add_parser("status", help="groups, nodes, samples, last update and drift")
     st.add_argument("--broker", metavar="URL", help="mqtt[s]://[user@]host[:port]")
-    st.add_argument("--flow", default="air_quality", choices=("air_quality",))
+    st.add_argument("--flow", default="air_quality", choices=FLOWS)
     st.add_argument("--wait", type=float, default=1.5, metavar="S",
                     help="seconds to collect retained topics (default 1.5)")  # fmt: skip
     st.add_argument("--config", metavar="FILE", help="TOML settings file")
@@ -40,16 +43,35 @@ def add_fleet_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                       description="Offline: warm a simulated fleet, merge its summaries, and "
                       "score sensors joining it with and without the fleet prior. The last "
                       "line is one JSON object.")  # fmt: skip
+    b.add_argument(
+        "--flow",
+        default="air_quality",
+        choices=FLOWS,
+        help="air_quality: simulated PurpleAir sensors; pump: SKAB pumps",
+    )
     b.add_argument("--sensors", type=int, default=60, help="warm fleet (default 60)")
     b.add_argument("--nodes", type=int, default=3, help="nodes it is spread over (default 3)")
     b.add_argument("--new", type=int, default=40, help="sensors joining (default 40)")
     b.add_argument("--days", type=float, default=2.0, help="warm-up days (default 2)")
     b.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    b.add_argument(
+        "--skab",
+        metavar="DIR",
+        help="pump: SKAB files, one pump each (default ../shared/data/skab/valve1)",
+    )
+    b.add_argument("--folds", type=int, default=4, help="pump: folds of joining pumps (4)")
+    b.add_argument(
+        "--q", type=float, help="pump: the prior's threshold quantile (default: the ensemble's q)"
+    )
     b.add_argument("--config", metavar="FILE", help="TOML settings file")
 
 
 def fleet_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Run ``edgewatch fleet status`` or ``edgewatch fleet bench``."""
+    if args.fleet_command == "bench" and args.flow == "pump":
+        from dataflows.fleet_bench_pump import pump_bench_command  # noqa: PLC0415
+
+        return pump_bench_command(args, out)
     if args.fleet_command == "bench":
         from dataflows.fleet_bench import fleet_bench_command  # noqa: PLC0415
 
@@ -121,7 +143,8 @@ def status_rows(retained: dict[str, bytes], prefix: str = "") -> list[tuple[str,
             rows.append(("?", levels[2], "-", "-", "-", "-", f"invalid: {error.reason}"))
             continue
         drift = drifts.get((s.group, s.node))
-        rows.append((s.group, s.node, f"{s.count:,}", str(s.meta.get("windows", "-")),
+        parts = s.meta.get("windows", f"{s.meta.get('pumps', '-')} pumps")
+        rows.append((s.group, s.node, f"{s.count:,}", str(parts),
                      _age((now - s.created_at).total_seconds()),
                      "-" if drift is None else f"{drift:.4f}",
                      "merged" if drift is not None else "not merged"))  # fmt: skip

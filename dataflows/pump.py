@@ -17,7 +17,12 @@ left at ``simulator``, for which there is no pump simulator) is a replay of the 
 quality (``skab`` files, JSON lines, MQTT ``sensors/<id>/readings``). Each pump has its
 own :class:`models.ensemble.PumpEnsemble`: its first ``ensemble_train_rows`` readings
 are a training prefix without verdicts, then a reading alerts when ``ensemble_k`` of the
-three detectors flag it.
+three detectors flag it. ``ensemble_autoencoder`` picks the per-pump numpy autoencoder or
+the shared TFLite one. ``pump_threshold`` keeps each detector's prefix threshold
+(``prefix``), adapts it per context (``adaptive``: hour of day, season, day part and/or
+the operating mode read from ``pump_mode_field``, as ``pump_context`` lists, in
+``pump_timezone``) or scales it by the seed's fixed context factors (``fixed``,
+``pump_threshold_factors``); the thresholds are part of each pump's snapshot.
 
 With MQTT outputs on (``source=mqtt`` or ``mqtt_outputs=on``) the flow also reads
 operators' labels from ``<prefix>feedback/<sensor_id>``: ``{"alert_id", "label"}`` with
@@ -37,21 +42,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
-from datetime import timedelta
+from collections.abc import Callable, Hashable, Sequence
+from datetime import timedelta, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 
+from dataflows.fleet_node import fleet_pumps
 from dataflows.inputs import feedback_source, read_keyed_input
 from dataflows.monitoring import lazy_flow
 from dataflows.outputs import add_audit, add_outputs, add_scored_output
 from dataflows.settings import ConfigError, Settings
-from models.ensemble import EnsembleConfig, PumpEnsemble
+from models.ensemble import EnsembleConfig, PumpEnsemble, check_member
+from models.ensemble_thresholds import SEED_FACTORS, parse_factors
+from models.thresholds import context_key
 from operators.correlate import FLEET_DETECTOR, correlate, incident_topic
 from operators.ensemble import ENSEMBLE, ENSEMBLE_REASONS, ensemble
 from operators.feedback import FEEDBACK_REASONS, LABELS, AppliedFeedback, Feedback, parse_feedback
@@ -130,10 +140,47 @@ def group_rule(items: Sequence[str]) -> Callable[[str], str | None]:
 
 
 def ensemble_config(settings: Settings) -> EnsembleConfig:
-    """The ensemble every pump gets."""
-    return EnsembleConfig(
-        channels=CHANNELS, k=settings.ensemble_k, train_rows=settings.ensemble_train_rows
-    )
+    """The ensemble every pump gets.
+
+    Raises:
+        ConfigError: Bad threshold factors, or a TFLite autoencoder not made for it.
+    """
+    try:
+        factors = parse_factors(settings.pump_threshold_factors or SEED_FACTORS)
+        config = EnsembleConfig(
+            channels=CHANNELS, k=settings.ensemble_k, train_rows=settings.ensemble_train_rows,
+            autoencoder=settings.ensemble_autoencoder,  # type: ignore[arg-type]
+            threshold=settings.pump_threshold,  # type: ignore[arg-type]
+            threshold_factors=factors if settings.pump_threshold == "fixed" else (),
+        )  # fmt: skip
+        check_member(config)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    return config
+
+
+def context_rule(settings: Settings) -> Callable[[Reading], Hashable] | None:
+    """A reading's threshold context, or ``None`` with prefix thresholds.
+
+    >>> from datetime import datetime, timezone
+    >>> s = Settings.load(env={}, pump_threshold="adaptive", pump_context=("season", "hour",
+    ...                   "mode"), pump_mode_field="Mode", pump_timezone="Europe/Moscow")
+    >>> r = Reading("p", datetime(2020, 3, 9, 10, 14, tzinfo=timezone.utc), {"Mode": 2.0}, "t")
+    >>> context_rule(s)(r)
+    ('spring', 13, 2.0)
+    """
+    if settings.pump_threshold == "prefix":
+        return None
+    try:
+        tz = ZoneInfo(settings.pump_timezone) if settings.pump_timezone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        msg = f"pump_timezone {settings.pump_timezone!r} is not an IANA time zone"
+        raise ConfigError(msg) from None
+    return partial(_context, by=settings.pump_context, field=settings.pump_mode_field, tz=tz)
+
+
+def _context(r: Reading, by: tuple[str, ...], field: str, tz: tzinfo | None) -> Hashable:
+    return context_key(r.ts, r.values.get(field) if field else None, by, tz)
 
 
 def build_flow(
@@ -172,9 +219,12 @@ def build_flow(
         items = op.merge("with_feedback", items, by_sensor)
 
     config = ensemble_config(settings)
-    judged = ensemble("ensemble", items, lambda: PumpEnsemble(config), CHANNELS,
+    fleet = fleet_pumps(settings, FLOW_NAME, config, filled.oks)  # fleet learning, if on
+    new_pump, restore_pump = fleet or (partial(PumpEnsemble, config), None)
+    judged = ensemble("ensemble", items, new_pump, CHANNELS, restore_model=restore_pump,
                       flow=FLOW_NAME, k=config.k, idle_timeout=idle,
-                      observe_seconds=inference_timer(FLOW_NAME, ENSEMBLE))  # fmt: skip
+                      observe_seconds=inference_timer(FLOW_NAME, ENSEMBLE),
+                      context_of=context_rule(settings))  # fmt: skip
     invalid = op.merge("invalid_ensemble", invalid, judged.errs)
     incidents = None
     if settings.fleet_groups:
@@ -203,7 +253,8 @@ def build_flow(
 def _params(s: Settings, c: EnsembleConfig) -> str:
     groups = ",".join(s.fleet_groups) or "-"
     return (f"k={c.k} train_rows={c.train_rows} window={c.window} smooth={c.smooth} q={c.q} "
-            f"seed={c.seed} fleet_groups={groups} fleet_k={s.fleet_k} "
+            f"seed={c.seed} autoencoder={c.autoencoder} threshold={c.threshold} "
+            f"context={','.join(s.pump_context)} fleet_groups={groups} fleet_k={s.fleet_k} "
             f"fleet_window_s={s.fleet_window_s:g}")  # fmt: skip
 
 

@@ -162,6 +162,23 @@ class Settings:
     """Pump flow: detectors (of hst, mahalanobis, autoencoder) that must agree to alert."""
     ensemble_train_rows: int = 400
     """Pump flow: rows each pump learns from before it scores."""
+    ensemble_autoencoder: str = "numpy"
+    """Pump flow: the ensemble's autoencoder, ``numpy`` (per pump, trained on its prefix)
+    or ``tflite`` (the shared label-free ``models/artifacts/pump_ensemble_ae``)."""
+    pump_threshold: str = "prefix"
+    """Pump flow: detector thresholds: ``prefix`` (the quantile of each pump's prefix
+    scores), ``adaptive`` (per context, a quantile of recent normal scores, seeded by the
+    prefix) or ``fixed`` (prefix quantile x ``pump_threshold_factors``)."""
+    pump_context: tuple[str, ...] = ("hour",)
+    """Pump flow, adaptive/fixed thresholds: parts of a reading's context, of ``hour``
+    (of day), ``daypart``, ``season`` and ``mode`` (the ``pump_mode_field`` value)."""
+    pump_mode_field: str = ""
+    """Pump flow: the reading field holding the operating mode (context part ``mode``)."""
+    pump_threshold_factors: tuple[str, ...] = ()
+    """Pump flow, fixed thresholds: ``PART=FACTOR`` items (hours as numbers, seasons,
+    day parts, modes); empty: the seed's (summer 1.05, other seasons 0.95, 8-10 h 1.1)."""
+    pump_timezone: str = ""
+    """Pump flow: IANA zone of hour, day part and season (empty: UTC)."""
     fleet_groups: tuple[str, ...] = ()
     """Pump flow: ``SENSOR=GROUP`` items (``PREFIX*=GROUP``: ids starting with PREFIX; the
     first match wins) for fleet incidents; empty: none."""
@@ -174,7 +191,7 @@ class Settings:
     meter_field: str = ""
     """Smart-meter flow: the power field (default: the model's, or Global_active_power)."""
     fleet_sync_group: str = ""
-    """Fleet learning (air-quality flow, needs MQTT): this node's group. Non-empty turns it
+    """Fleet learning (air-quality and pump flows, MQTT): this node's group. Non-empty turns it
     on: the node publishes its model summary to ``models/<flow>/<node>`` and new sensors
     start from ``models/<flow>/fleet/<group>``; the aggregator (``dataflows.fleet``)
     merges this group only (empty there: every group)."""
@@ -185,6 +202,31 @@ class Settings:
     """Fleet learning: seconds between two summaries a node publishes."""
     fleet_expiry_s: float = 86_400.0
     """Fleet aggregator: drop a node's summary this long after it was made."""
+    security_window_s: float = 60.0
+    """Security flow: length of the tumbling event-time window devices are judged over."""
+    security_lateness_s: float = 2.0
+    """Security flow, live sources: how long a window waits for late messages and broker
+    log lines (a replay of the simulator waits for none)."""
+    security_topics: tuple[str, ...] = ("sensors/#",)
+    """Security flow: topic filters it watches (every message any device writes there)."""
+    security_z: float = 3.0
+    """Security flow: robust z-score at which a device's baseline rule votes."""
+    security_k: int = 2
+    """Security flow: detectors (of zscore, hst) that must vote to alert."""
+    security_history: int = 120
+    """Security flow: windows a device's baseline remembers."""
+    security_min_history: int = 10
+    """Security flow: windows before every feature of a new device is scored."""
+    security_hst_threshold: float = 0.25
+    """Security flow: fleet Half-Space Trees score at which they vote."""
+    security_broker_log: str = ""
+    """Security flow: mosquitto log file to follow for connects, auth failures and ACL
+    denials (empty: none)."""
+    security_sys: str = "auto"
+    """Security flow: read the broker's ``$SYS/#`` rates: auto (with MQTT), on, off."""
+    security_misbehaviours: int = 10
+    """Security flow, simulator: misbehaving devices injected (``sim_sensors`` devices for
+    ``sim_duration_s``, seed ``sim_seed``)."""
 
     @classmethod
     def load(
@@ -273,10 +315,25 @@ class Settings:
             (2 <= self.fleet_k and self.fleet_window_s > 0 and 1 <= self.ensemble_k <= 3
              and all("=" in g for g in self.fleet_groups),
              "need fleet_k >= 2, fleet_window_s > 0, ensemble_k in 1..3, SENSOR=GROUP items"),
+            (self.ensemble_autoencoder in ("numpy", "tflite")
+             and self.pump_threshold in ("prefix", "adaptive", "fixed")
+             and set(self.pump_context) <= {"hour", "daypart", "season", "mode"}
+             and ("mode" not in self.pump_context or bool(self.pump_mode_field)),
+             "need ensemble_autoencoder numpy/tflite, pump_threshold prefix/adaptive/fixed, "
+             "pump_context of hour, daypart, season, mode (mode needs pump_mode_field)"),
             (self.fleet_publish_s > 0 and self.fleet_expiry_s > 0 and self.fleet_prior_gain > 0
              and not set(self.fleet_sync_group) & set("/+#\0"),
              "need fleet_publish_s, fleet_expiry_s, fleet_prior_gain > 0, a fleet_sync_group "
              "without / + #"),
+            (self.security_window_s > 0 and self.security_lateness_s >= 0
+             and self.security_z > 0 and 1 <= self.security_k <= 2
+             and 1 <= self.security_min_history <= self.security_history
+             and 0 < self.security_hst_threshold < 1 and self.security_misbehaviours >= 0
+             and self.security_sys in MQTT_OUTPUTS,
+             "need security_window_s > 0, security_lateness_s >= 0, security_z > 0, "
+             "security_k 1..2, 1 <= security_min_history <= security_history, "
+             "security_hst_threshold in (0, 1), security_misbehaviours >= 0, "
+             "security_sys auto/on/off"),
             (self.source not in ("jsonl", "csv", "nab", "skab", "purpleair", "household-power")
              or bool(self.source_path),
              f"source {self.source!r} needs source_path (EDGEWATCH_SOURCE_PATH or --input)"),

@@ -9,19 +9,25 @@ README's "Pump: SKAB valve1" section):
    exceeds ``max_drift`` are dropped (at least one is kept), the rest are standardised by
    the prefix's mean and standard deviation, and the three detectors are fitted:
    Half-Space Trees (limits: prefix range widened by ``hst_margin`` ranges each side,
-   window ``train_rows // 2``), :class:`~models.pump_detectors.EWMahalanobis` and
-   :class:`~models.pump_detectors.DenseAutoencoder`.
-3. Each detector's raw score is smoothed by a trailing mean over ``smooth`` rows, and
-   its threshold is the ``q`` quantile of its smoothed out-of-sample prefix scores
-   (``folds`` contiguous folds; HST: the prefix's second window scored against the first).
+   window ``train_rows // 2``), :class:`~models.pump_detectors.EWMahalanobis` and an
+   autoencoder: :class:`~models.pump_detectors.DenseAutoencoder` trained on the prefix
+   (``autoencoder="numpy"``) or the shared label-free TFLite model of
+   :mod:`models.ensemble_ae` (``"tflite"``).
+3. Each detector's raw score is smoothed by a trailing mean over ``smooth`` rows; its
+   base threshold is the ``q`` quantile of its smoothed out-of-sample prefix scores
+   (``folds`` contiguous folds; HST: the prefix's second window scored against the
+   first; the TFLite model never saw the prefix). ``threshold`` keeps the base
+   (``"prefix"``), adapts it per context (``"adaptive"``) or scales it by fixed context
+   factors (``"fixed"``): :mod:`models.ensemble_thresholds`.
 4. A row is flagged by a detector whose smoothed score exceeds its threshold, and
    alerted when ``k`` detectors flag it. HST and Mahalanobis then learn the rows they
    did not flag (score before learn); the autoencoder stays as fitted.
 
 Results do not depend on how rows are split into batches: features and smoothing sum the
-same values in the same order, the autoencoder multiplies column by column, Mahalanobis
-goes row by row and Half-Space Trees score a batch at once up to their next window pivot
-(their scores only change there). Rows must be finite: impute before.
+same values in the same order, the numpy autoencoder multiplies column by column,
+Mahalanobis and adaptive thresholds go row by row and Half-Space Trees score a batch at
+once up to their next window pivot (their scores only change there). Rows must be
+finite: impute before.
 
 >>> rng = np.random.default_rng(1)
 >>> ens = PumpEnsemble(EnsembleConfig(channels=("a", "b"), train_rows=100, epochs=50))
@@ -35,6 +41,7 @@ goes row by row and Half-Space Trees score a batch at once up to their next wind
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,15 +49,16 @@ import numpy as np
 import numpy.typing as npt
 
 from models._state import SnapshotState
+from models.ensemble_ae import ENSEMBLE_AE, TFLiteAutoencoder
+from models.ensemble_thresholds import THRESHOLD_MODES, EnsembleThresholds
 from models.halfspace import HalfSpaceTrees
 from models.pump_detectors import DenseAutoencoder, EWMahalanobis, prefix_drift, trailing_mean
 
-__all__ = ["DETECTORS", "EnsembleConfig", "EnsembleScores", "PumpEnsemble"]
+__all__ = ["DETECTORS", "EnsembleConfig", "EnsembleScores", "PumpEnsemble", "check_member"]
 
 DETECTORS = ("hst", "mahalanobis", "autoencoder")
 Floats = npt.NDArray[np.float64]
-FEEDBACK_STEPS = {"false_positive": 1.1, "true_positive": 1 / 1.05}
-FEEDBACK_BOUNDS = (0.5, 4.0)
+Bools = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -63,17 +71,28 @@ class EnsembleConfig:
         train_rows: First rows of each sensor: the training prefix, without verdicts.
         window: Causal trailing-mean feature window.
         smooth: Trailing mean of each detector's raw score.
-        q: Threshold quantile of out-of-sample prefix scores.
+        q: Threshold quantile of out-of-sample prefix scores (and of adaptive windows).
         seed: Autoencoder seed; Half-Space Trees use ``seed + 42``.
         max_drift: Channels whose prefix drift is above this are dropped (``inf``: none).
         folds: Contiguous prefix folds for the out-of-sample threshold scores.
         hst_trees: Half-Space Trees' tree count.
         hst_height: Half-Space Trees' height.
         hst_margin: Limits are the prefix range widened by this many ranges each side.
-        epochs: Autoencoder training steps (full-batch Adam).
-        autoencoder: ``"numpy"`` (per sensor, trained on the prefix); ``"tflite"`` (a
-            shared label-free TFLite model) is reserved and refused until one is trained.
-        tflite_model: Artifact name the ``"tflite"`` member would load.
+        epochs: Numpy autoencoder training steps (full-batch Adam).
+        autoencoder: ``"numpy"`` (per sensor, trained on the prefix) or ``"tflite"`` (a
+            shared label-free TFLite model, :mod:`models.ensemble_ae`, trained by
+            ``edgewatch train pump-ensemble-ae``; see :func:`check_member`).
+        tflite_model: Artifact name or ``.tflite`` path of the ``"tflite"`` member.
+        ae_error: The ``"tflite"`` member's score: ``"sum"`` of the features' squared
+            errors, or ``"relative"``: each feature's squared error divided by its mean
+            over the sensor's prefix before the sum (a label-free per-sensor
+            standardisation: features the shared model reconstructs poorly on this
+            pump's normal rows weigh less).
+        threshold: ``"prefix"``, ``"adaptive"`` or ``"fixed"``
+            (:mod:`models.ensemble_thresholds`); the last two need row contexts.
+        threshold_window: Adaptive: scores kept per context.
+        threshold_min_count: Adaptive: scores a context needs before its own quantile.
+        threshold_factors: Fixed: ``(context part, factor)`` pairs.
     """
 
     channels: tuple[str, ...]
@@ -90,7 +109,12 @@ class EnsembleConfig:
     hst_margin: float = 1.0
     epochs: int = 600
     autoencoder: Literal["numpy", "tflite"] = "numpy"
-    tflite_model: str = "pump_autoencoder_skab"
+    tflite_model: str = ENSEMBLE_AE
+    ae_error: Literal["sum", "relative"] = "sum"
+    threshold: Literal["prefix", "adaptive", "fixed"] = "prefix"
+    threshold_window: int = 512
+    threshold_min_count: int = 64
+    threshold_factors: tuple[tuple[Hashable, float], ...] = ()
 
     def __post_init__(self) -> None:
         checks = (
@@ -99,7 +123,15 @@ class EnsembleConfig:
             (self.train_rows >= max(20, 2 * self.smooth, 2 * self.folds), "train_rows too small"),
             (self.window >= 1 and self.smooth >= 1, "window and smooth must be at least 1"),
             (0.0 < self.q <= 1.0, "q must be in (0, 1]"),
-            (self.autoencoder == "numpy", "autoencoder: only 'numpy' is built (README, Pump)"),
+            (self.autoencoder in {"numpy", "tflite"}, "autoencoder must be numpy or tflite"),
+            (self.autoencoder == "numpy" or math.isinf(self.max_drift),
+             "the tflite autoencoder needs every channel: max_drift must stay inf"),
+            (self.ae_error in {"sum", "relative"}, "ae_error must be sum or relative"),
+            (self.threshold in THRESHOLD_MODES,
+             f"threshold must be one of {', '.join(THRESHOLD_MODES)}"),
+            (1 <= self.threshold_min_count <= self.threshold_window,
+             "need 1 <= threshold_min_count <= threshold_window"),
+            (all(f > 0 for _, f in self.threshold_factors), "threshold factors must be > 0"),
         )  # fmt: skip
         for ok, msg in checks:
             if not ok:
@@ -112,10 +144,10 @@ class EnsembleScores:
 
     scores: Floats
     thresholds: Floats
-    flags: npt.NDArray[np.bool_]
+    flags: Bools
     votes: npt.NDArray[np.int64]
-    alerts: npt.NDArray[np.bool_]
-    training: npt.NDArray[np.bool_]
+    alerts: Bools
+    training: Bools
 
 
 class PumpEnsemble(SnapshotState):
@@ -131,26 +163,41 @@ class PumpEnsemble(SnapshotState):
         self._seen = 0
         self._hist: Floats = np.full((config.window - 1, d), np.nan)
         self._prefix: Floats = np.zeros((0, d))
+        self._prefix_ctx: list[Hashable] = []
         self._fit: dict[str, Any] | None = None  # the trained state, once the prefix is in
 
     @property
     def model_version(self) -> str:
-        """``pump-ensemble-1+ae:numpy`` (a TFLite member would put its SHA-256 here)."""
-        return f"pump-ensemble-1+ae:{self.config.autoencoder}"
+        """``pump-ensemble-1+ae:numpy``, or ``…+ae:tflite:<SHA-256, 12 digits>[:relative]``."""
+        cfg = self.config
+        if cfg.autoencoder == "numpy":
+            return "pump-ensemble-1+ae:numpy"
+        sha = TFLiteAutoencoder.metadata(cfg.tflite_model).sha256[:12]
+        return f"pump-ensemble-1+ae:tflite:{sha}" + (":relative" if cfg.ae_error == "relative"
+                                                     else "")  # fmt: skip
 
     @property
     def trained(self) -> bool:
         """Whether the training prefix is complete."""
         return self._fit is not None
 
-    def process(self, X: npt.ArrayLike) -> EnsembleScores:
-        """Score rows in time order (training rows get no verdict), then learn them."""
+    def process(
+        self, X: npt.ArrayLike, contexts: Sequence[Hashable] | None = None
+    ) -> EnsembleScores:
+        """Score rows in time order (training rows get no verdict), then learn them.
+
+        Args:
+            X: ``(n, len(channels))`` finite rows.
+            contexts: Each row's threshold context (``models.thresholds.context_key``);
+                ``None``: one context for all. Only adaptive and fixed thresholds read it.
+        """
         cfg = self.config
         x = np.asarray(X, dtype=np.float64).reshape(-1, len(cfg.channels))
         if not np.isfinite(x).all():
             msg = "rows must be finite: impute missing values before the ensemble"
             raise ValueError(msg)
         n = len(x)
+        ctx: list[Hashable] = [()] * n if contexts is None else list(contexts)
         feats = trailing_mean(self._hist, x, cfg.window) if n else x
         self._hist = np.concatenate([self._hist, x])[len(x) :]
         out_s, out_t = np.full((n, 3), np.nan), np.full((n, 3), np.nan)
@@ -161,19 +208,19 @@ class PumpEnsemble(SnapshotState):
             start = min(n, cfg.train_rows - self._seen)
             training[:start] = True
             self._prefix = np.concatenate([self._prefix, feats[:start]])
+            self._prefix_ctx += ctx[:start]
             if len(self._prefix) == cfg.train_rows:
-                self._train(self._prefix)
-                self._prefix = self._prefix[:0]
+                self._train(self._prefix, self._prefix_ctx)
+                self._prefix, self._prefix_ctx = self._prefix[:0], []
         self._seen += n
         if start < n and self._fit is not None:
             fit = self._fit
             z = (feats[start:][:, fit["keep"]] - fit["mu"]) / fit["sd"]
-            thr = fit["base"] * fit["adjust"]
-            out_t[start:] = thr
-            cols = (self._run_hst(z, thr[0]), self._run_mahalanobis(z, thr[1]),
-                    self._run_ae(z, thr[2]))  # fmt: skip
-            for j, (sm, fl) in enumerate(cols):
-                out_s[start:, j], flags[start:, j] = sm, fl
+            rest = ctx[start:]
+            cols = (self._run_hst(z, rest), self._run_mahalanobis(z, rest),
+                    self._stream(2, self._ae_raw(z), rest))  # fmt: skip
+            for j, (sm, thr, fl) in enumerate(cols):
+                out_s[start:, j], out_t[start:, j], flags[start:, j] = sm, thr, fl
         votes = flags.sum(axis=1).astype(np.int64)
         return EnsembleScores(out_s, out_t, flags, votes, votes >= cfg.k, training)
 
@@ -181,37 +228,43 @@ class PumpEnsemble(SnapshotState):
         """An operator's label of this sensor's last alert moves all its thresholds.
 
         ``"false_positive"`` multiplies them by 1.1, ``"true_positive"`` divides them by
-        1.05; the factor stays within ``FEEDBACK_BOUNDS`` (0.5 to 4) of the fitted ones.
+        1.05; the factor stays within 0.5 to 4 of the fitted ones, in every context.
 
         Raises:
             ValueError: On another label.
         """
-        if label not in FEEDBACK_STEPS:
+        if self._fit is not None:
+            self._fit["thresholds"].feedback(label)
+        elif label not in {"false_positive", "true_positive"}:
             msg = f"label must be 'false_positive' or 'true_positive', got {label!r}"
             raise ValueError(msg)
-        if self._fit is not None:
-            adjust = self._fit["adjust"] * FEEDBACK_STEPS[label]
-            self._fit["adjust"] = np.clip(adjust, *FEEDBACK_BOUNDS)
 
     def state(self) -> dict[str, Any]:
         """Compact state: config, counters, feature history, prefix or fitted detectors."""
         fit = None
         if self._fit is not None:
             fit = {**self._fit, "mahalanobis": self._fit["mahalanobis"].state(),
-                   "ae": self._fit["ae"].state()}  # fmt: skip
+                   "ae": self._fit["ae"].state(),
+                   "thresholds": self._fit["thresholds"].state()}  # fmt: skip
         return {"params": (self.config,), "seen": self._seen, "hist": self._hist,
-                "prefix": self._prefix, "fit": fit}  # fmt: skip
+                "prefix": self._prefix, "prefix_ctx": self._prefix_ctx, "fit": fit}  # fmt: skip
 
     def _restore(self, state: dict[str, Any]) -> None:
         self._seen, self._hist, self._prefix = state["seen"], state["hist"], state["prefix"]
+        self._prefix_ctx = list(state["prefix_ctx"])
         fit = state["fit"]
         if fit is not None:
+            ae_class = (
+                TFLiteAutoencoder if self.config.autoencoder == "tflite" else DenseAutoencoder
+            )
             maha = EWMahalanobis.from_state(fit["mahalanobis"])
-            self._fit = {**fit, "mahalanobis": maha, "ae": DenseAutoencoder.from_state(fit["ae"])}
+            thresholds = EnsembleThresholds.from_state(fit["thresholds"])
+            self._fit = {**fit, "mahalanobis": maha, "ae": ae_class.from_state(fit["ae"]),
+                         "thresholds": thresholds}  # fmt: skip
 
     # -- training ------------------------------------------------------------------
 
-    def _train(self, prefix: Floats) -> None:
+    def _train(self, prefix: Floats, contexts: list[Hashable]) -> None:
         cfg = self.config
         drift = prefix_drift(prefix)
         keep = drift <= cfg.max_drift
@@ -223,19 +276,32 @@ class PumpEnsemble(SnapshotState):
         hst = self._new_hst(z)
         hst_prefix = hst.score_learn_many(z)
         maha = EWMahalanobis().fit(z)
-        ae = DenseAutoencoder(cfg.seed, cfg.epochs).fit(z)
+        ae, ae_oos, ae_prefix, scale = self._fit_ae(z)
+        oos = [hst_prefix[hst.window_size :], self._folds(z, lambda p: EWMahalanobis().fit(p)),
+               ae_oos]  # fmt: skip
+        smoothed = [self._smoothed(np.full(cfg.smooth - 1, np.nan), s) for s in oos]
+        thresholds = EnsembleThresholds(cfg.threshold, cfg.q, cfg.threshold_window,
+                                        cfg.threshold_min_count, cfg.threshold_factors)  # fmt: skip
+        thresholds.fit(np.array([np.quantile(s, cfg.q) for s in smoothed]), smoothed,
+                       [contexts[hst.window_size :], contexts, contexts])  # fmt: skip
+        tails = [hst_prefix, maha.score_many(z), ae_prefix]
         self._fit = {"keep": keep, "mu": mu, "sd": sd, "drift": drift, "hst": hst,
-                     "hst_learned": len(z), "mahalanobis": maha, "ae": ae}  # fmt: skip
-        oos = [
-            hst_prefix[hst.window_size :],
-            self._folds(z, lambda part: EWMahalanobis().fit(part)),
-            self._folds(z, lambda part: DenseAutoencoder(cfg.seed, cfg.epochs).fit(part)),
-        ]
-        base = [np.quantile(self._smoothed(np.full(cfg.smooth - 1, np.nan), s), cfg.q)
-                for s in oos]  # fmt: skip
-        tails = [hst_prefix, maha.score_many(z), ae.score_many(z)]
-        self._fit.update(base=np.array(base), adjust=np.ones(3),
-                         buf=np.array([t[len(t) - cfg.smooth + 1 :] for t in tails]))  # fmt: skip
+                     "hst_learned": len(z), "mahalanobis": maha, "ae": ae, "ae_scale": scale,
+                     "thresholds": thresholds,
+                     "buf": np.array([t[len(t) - cfg.smooth + 1 :] for t in tails])}  # fmt: skip
+
+    def _fit_ae(self, z: Floats) -> tuple[Any, Floats, Floats, Floats | None]:
+        """The autoencoder, its out-of-sample and in-sample prefix scores, its error scale."""
+        cfg = self.config
+        if cfg.autoencoder == "tflite":  # shared and trained without this prefix: out of sample
+            ae = TFLiteAutoencoder(cfg.tflite_model)
+            err = ae.errors_many(z)
+            scale = np.maximum(err.mean(axis=0), 1e-12) if cfg.ae_error == "relative" else None
+            scores = (err if scale is None else err / scale).sum(axis=1)
+            return ae, scores, scores, scale
+        dense = DenseAutoencoder(cfg.seed, cfg.epochs).fit(z)
+        oos = self._folds(z, lambda part: DenseAutoencoder(cfg.seed, cfg.epochs).fit(part))
+        return dense, oos, dense.score_many(z), None
 
     def _new_hst(self, z: Floats) -> HalfSpaceTrees:
         cfg = self.config
@@ -265,53 +331,79 @@ class PumpEnsemble(SnapshotState):
     def _ae_raw(self, z: Floats) -> Floats:
         fit = self._fit
         assert fit is not None
-        out: Floats = fit["ae"].score_many(z)
-        return out
+        if self.config.autoencoder == "tflite":
+            out: Floats = fit["ae"].score_many(z, fit["ae_scale"])
+            return out
+        dense: Floats = fit["ae"].score_many(z)
+        return dense
 
-    def _stream(self, j: int, raw: Floats, thr: float) -> tuple[Floats, npt.NDArray[np.bool_]]:
-        """Smoothed scores and flags of detector ``j``'s raw scores; its buffer moves on."""
+    def _stream(
+        self, j: int, raw: Floats, ctx: Sequence[Hashable], stop: int | None = None
+    ) -> tuple[Floats, Floats, Bools]:
+        """Smoothed scores, thresholds and flags of detector ``j``'s rows.
+
+        Up to ``stop`` unflagged rows (see :meth:`EnsembleThresholds.judge`); the
+        detector's smoothing buffer moves past the rows returned.
+        """
         fit = self._fit
         assert fit is not None
         sm = self._smoothed(fit["buf"][j], raw)
-        tail = np.concatenate([fit["buf"][j], raw])[len(raw) :]
+        thr, flags = fit["thresholds"].judge(j, sm, ctx, stop)
+        used = len(flags)
+        tail = np.concatenate([fit["buf"][j], raw[:used]])[used:]
         fit["buf"] = np.vstack([fit["buf"][:j], tail[None], fit["buf"][j + 1 :]])
-        return sm, sm > thr
+        return sm[:used], thr, flags
 
-    def _run_ae(self, z: Floats, thr: float) -> tuple[Floats, Any]:
-        return self._stream(2, self._ae_raw(z), thr)
-
-    def _run_mahalanobis(self, z: Floats, thr: float) -> tuple[Floats, Any]:
+    def _run_mahalanobis(self, z: Floats, ctx: Sequence[Hashable]) -> tuple[Floats, Floats, Bools]:
         fit = self._fit
         assert fit is not None
         maha: EWMahalanobis = fit["mahalanobis"]
-        sm, flags = np.empty(len(z)), np.zeros(len(z), dtype=bool)
+        sm, thr, flags = np.empty(len(z)), np.empty(len(z)), np.zeros(len(z), dtype=bool)
         for i, row in enumerate(z):
-            s, f = self._stream(1, np.array([maha.score_one(row)]), thr)
-            sm[i], flags[i] = s[0], f[0]
+            s, t, f = self._stream(1, np.array([maha.score_one(row)]), ctx[i : i + 1])
+            sm[i], thr[i], flags[i] = s[0], t[0], f[0]
             if not f[0]:
                 maha.learn(row)
-        return sm, flags
+        return sm, thr, flags
 
-    def _run_hst(self, z: Floats, thr: float) -> tuple[Floats, Any]:
+    def _run_hst(self, z: Floats, ctx: Sequence[Hashable]) -> tuple[Floats, Floats, Bools]:
         """Score up to the next window pivot at once, learn the unflagged rows, repeat."""
         fit = self._fit
         assert fit is not None
         hst: HalfSpaceTrees = fit["hst"]
-        sm, flags = np.empty(len(z)), np.zeros(len(z), dtype=bool)
+        sm, thr, flags = np.empty(len(z)), np.empty(len(z)), np.zeros(len(z), dtype=bool)
         pos = 0
         while pos < len(z):
             raw = hst.score_many(z[pos:])
-            buf = fit["buf"][0].copy()
-            s, f = self._stream(0, raw, thr)
-            learn = np.flatnonzero(~f)
             to_pivot = hst.window_size - fit["hst_learned"] % hst.window_size
-            end = len(raw) if len(learn) < to_pivot else int(learn[to_pivot - 1]) + 1
-            learn = learn[learn < end]
-            if end < len(raw):  # rows after the pivot are scored again
-                fit["buf"][0] = np.concatenate([buf, raw[:end]])[end:]
+            s, t, f = self._stream(0, raw, ctx[pos:], to_pivot)
+            end = len(f)
+            learn = np.flatnonzero(~f)
             if len(learn):
                 hst.learn_many(z[pos + learn])
                 fit["hst_learned"] += len(learn)
-            sm[pos : pos + end], flags[pos : pos + end] = s[:end], f[:end]
+            sm[pos : pos + end], thr[pos : pos + end], flags[pos : pos + end] = s, t, f
             pos += end
-        return sm, flags
+        return sm, thr, flags
+
+
+def check_member(config: EnsembleConfig) -> None:
+    """Refuse a ``"tflite"`` member that was not trained for ``config``.
+
+    Its metadata must list ``config.channels`` as its features, in order, and its feature
+    window and prefix length must be ``config.window`` and ``config.train_rows``.
+
+    Raises:
+        ValueError: Saying what differs (and how to get a matching model).
+    """
+    if config.autoencoder != "tflite":
+        return
+    meta = TFLiteAutoencoder.metadata(config.tflite_model)
+    want = (tuple(config.channels), config.window, config.train_rows)
+    got = (meta.features, meta.window, meta.raw.get("prefix_rows"))
+    if got != want:
+        msg = (f"the TFLite autoencoder {config.tflite_model} was trained for channels "
+               f"{list(got[0])}, window {got[1]}, prefix {got[2]}; this ensemble has "
+               f"{list(want[0])}, {want[1]}, {want[2]}: retrain it (edgewatch train "
+               "pump-ensemble-ae) or use the numpy autoencoder")  # fmt: skip
+        raise ValueError(msg)

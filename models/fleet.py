@@ -4,13 +4,14 @@ Three kinds of :class:`~models.summaries.Summary`, each merged exactly or within
 error, associatively and in any order:
 
 - ``"hst"``: the reference masses of a :class:`~models.halfspace.HalfSpaceTrees` (its last
-  window's, zero below light nodes) as ``uint32``, ``meta["windows"]`` windows of them.
-  Models with the same parameters and seed build the same trees, so node ``i`` is the same
-  half-space in every one; the parameters are in ``meta`` and their fingerprint must
-  match. A merge is the exact sum of the masses and of the windows. :func:`hst_prior`
-  gives a new sensor the fleet's *average window*: masses ``rint(sum / windows)``, on the
-  scale of one window of ``window_size`` rows, so its scores mean what its own would.
-  It scores from its first row and keeps learning: its first own window replaces them.
+  window's, zero below light nodes) as ``uint32``, summed per level bucket of the windows
+  (:mod:`models.fleet_hst`), ``meta["windows"]`` windows in all. Models with the same
+  parameters and seed build the same trees, so node ``i`` is the same half-space in every
+  one; the parameters are in ``meta`` and their fingerprint must match. A merge is the
+  exact sum of the masses and windows, bucket by bucket. :func:`hst_prior` gives a new
+  sensor the *average window* of the fleet's windows near its level (masses
+  ``rint(sum / windows)``, on the scale of one window of ``window_size`` rows, so its
+  scores mean what its own would). It scores from its first row and keeps learning.
 - ``"mahalanobis"``: count, mean and upper triangle of the co-moment of an
   :class:`~models.mahalanobis.OnlineMahalanobis`, merged with its exact Chan formula
   (to rounding). :func:`mahalanobis_prior` restores the merged model.
@@ -33,12 +34,20 @@ import numpy as np
 import numpy.typing as npt
 
 from models import sketch
+from models.fleet_hst import (
+    LevelPrior,
+    bucket_of,
+    hst_arrays,
+    hst_distribution,
+    hst_merge,
+    level_edges,
+)
 from models.halfspace import HalfSpaceTrees
 from models.mahalanobis import OnlineMahalanobis
+from models.pump_fleet import pump_merge
 from models.summaries import (
     MALFORMED,
     MISMATCH,
-    TOO_LARGE,
     WRONG_GROUP,
     WRONG_KIND,
     WRONG_VERSION,
@@ -51,7 +60,7 @@ from models.thresholds import AdaptiveThreshold
 __all__ = ["drift", "hst_prior", "mahalanobis_prior", "merge", "summarise", "threshold_prior"]
 
 Model = HalfSpaceTrees | OnlineMahalanobis | AdaptiveThreshold
-_COUNTS = ("windows", "size")  # meta that is data, not parameters
+_COUNTS = ("windows", "size", "buckets", "pumps")  # meta that is data, not parameters
 
 
 def summarise(
@@ -63,16 +72,19 @@ def summarise(
     model_version: str = "",
     created_at: datetime | None = None,
     k: int = sketch.DEFAULT_K,
+    level: float = math.nan,
 ) -> Summary:
     """The summary of an HST, a Mahalanobis model, or a sketch of scores.
 
-    Scores are a threshold's sensor-wide window, or an array; ``k`` sizes their sketch.
+    An HST's last window goes to the bucket of ``level`` (the window's median of its first
+    feature; NaN, unknown: bucket 0). Scores are a threshold's sensor-wide window, or an
+    array; ``k`` sizes their sketch.
 
     Raises:
         ValueError: An HST without a seed, its features or a finished window.
     """
     if isinstance(model, HalfSpaceTrees):
-        kind, count, params, arrays = _hst_part(model)
+        kind, count, params, arrays = _hst_part(model, level)
     elif isinstance(model, OnlineMahalanobis):
         state = model.state()
         _, shrinkage, ridge, min_samples = state["params"]
@@ -113,15 +125,15 @@ def merge(parts: Sequence[Summary]) -> Summary:
         msg = "a summary's parameters differ from its fingerprint"
         raise SummaryError(MISMATCH, msg)
     if first.kind == "hst":
-        total = np.sum([part.arrays["masses"] for part in parts], axis=0, dtype=np.int64)
-        if total.max(initial=0) > np.iinfo(np.uint32).max:
-            msg = "merged masses overflow uint32"
-            raise SummaryError(TOO_LARGE, msg)
-        arrays = {"masses": total.astype(np.uint32)}
+        arrays = hst_merge(parts)
         params["windows"] = sum(int(part.meta["windows"]) for part in parts)
+        params["buckets"] = len(arrays["buckets"])
     elif first.kind == "mahalanobis":
         state = OnlineMahalanobis.merged(*(_mahalanobis(part) for part in parts)).state()
         arrays = {"mean": state["mean"], "m2": state["m2"]}
+    elif first.kind == "pump":
+        arrays, counts = pump_merge(parts)
+        params.update(counts)
     else:
         pooled = sketch.merged((_sketch(part) for part in parts), params["k"])
         arrays = {"sketch": np.frombuffer(pooled.serialize(), dtype=np.uint8)}
@@ -134,8 +146,8 @@ def drift(node: Summary, fleet: Summary) -> float:
     """How far ``node``'s summary is from ``fleet``'s; 0 when equal, symmetric.
 
     - ``hst``: Jensen-Shannon divergence (base 2, in ``[0, 1]``) of the mass distributions
-      (masses over all nodes, normalised to sum 1), which ignores how many windows each
-      summarises.
+      (masses over all level buckets and nodes, normalised to sum 1), which ignores how
+      many windows each summarises.
     - ``mahalanobis``: Bhattacharyya distance of the Gaussians with the models' means and
       (shrunk) covariances: ``(m1-m2)' C^-1 (m1-m2) / 8 + ln(det C / sqrt(det C1 det C2))
       / 2`` with ``C = (C1 + C2) / 2``; needs 2 rows in each.
@@ -150,10 +162,11 @@ def drift(node: Summary, fleet: Summary) -> float:
         msg = f"cannot compare {node.kind} {node.fingerprint} with {fleet.kind} {fleet.fingerprint}"
         raise SummaryError(reason, msg)
     if node.kind == "hst":
-        p, q = (s.arrays["masses"] / max(1, s.arrays["masses"].sum()) for s in (node, fleet))
+        buckets = np.union1d(node.arrays["buckets"], fleet.arrays["buckets"])
+        p, q = (hst_distribution(s, buckets) for s in (node, fleet))
         m = (p + q) / 2
         return float(sum(np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0])) for a in (p, q)) / 2)
-    if node.kind == "mahalanobis":
+    if node.kind in {"mahalanobis", "pump"}:
         a, b = _mahalanobis(node), _mahalanobis(fleet)
         ca, cb = a.covariance(), b.covariance()
         c = (ca + cb) / 2
@@ -164,18 +177,15 @@ def drift(node: Summary, fleet: Summary) -> float:
     return sketch.ks_distance(_sketch(node), _sketch(fleet))
 
 
-def hst_prior(fleet: Summary) -> HalfSpaceTrees:
+def hst_prior(fleet: Summary, level: float | None = None, gain: float = 1.0) -> HalfSpaceTrees:
     """A new sensor's HST, scoring from its first row with the fleet's average window.
 
-    Reference masses are ``rint(sum / windows)``: one window's worth, so scores are on
-    the scale of the sensor's own. Its first ``window_size`` rows then replace them.
+    Reference masses are ``rint(gain * sum / windows)`` over the level buckets next to
+    ``level``'s (all of them: ``None``; see :class:`models.fleet_hst.LevelPrior`): one
+    window's worth, so scores are on the scale of the sensor's own. Its first
+    ``window_size`` rows then replace them.
     """
-    meta = _kind(fleet, "hst").meta
-    limits = {name: (low, high) for name, (low, high) in meta["limits"].items()}
-    model = HalfSpaceTrees(meta["n_trees"], meta["height"], meta["window_size"], limits,
-                           meta["seed"], meta["features"])  # fmt: skip
-    model.set_reference_masses(np.rint(fleet.arrays["masses"] / meta["windows"]).astype(np.int64))
-    return model
+    return LevelPrior(_kind(fleet, "hst"), gain).model(level)
 
 
 def mahalanobis_prior(fleet: Summary, max_count: int | None = None) -> OnlineMahalanobis:
@@ -204,17 +214,22 @@ def threshold_prior(fleet: Summary, q: float = 0.99, **kwargs: Any) -> AdaptiveT
     return AdaptiveThreshold(q=q, initial=initial, **kwargs)
 
 
-def _hst_part(model: HalfSpaceTrees) -> tuple[str, int, dict[str, Any], dict[str, Any]]:
+_Part = tuple[str, int, dict[str, Any], dict[str, Any]]
+
+
+def _hst_part(model: HalfSpaceTrees, level: float) -> _Part:
     masses = model.reference_masses()
     if model.seed is None or model.features is None or masses is None:
         msg = "an HST summary needs a seed, the features and a finished window"
         raise ValueError(msg)
     given = dict(model.limits or {})
     limits = {name: list(given.get(name, (0.0, 1.0))) for name in model.features}
-    params = {"n_trees": model.n_trees, "height": model.height, "seed": model.seed,
+    edges = list(level_edges(limits[model.features[0]]))
+    params: dict[str, Any] = {"n_trees": model.n_trees, "height": model.height, "seed": model.seed,
               "window_size": model.window_size, "features": list(model.features),
-              "limits": limits, "windows": 1}  # fmt: skip
-    return "hst", model.window_size, params, {"masses": masses.astype(np.uint32)}
+              "limits": limits, "level_edges": edges, "windows": 1, "buckets": 1}  # fmt: skip
+    arrays = hst_arrays(masses, bucket_of(level, edges))
+    return "hst", model.window_size, params, arrays
 
 
 def _scores(threshold: AdaptiveThreshold) -> npt.NDArray[np.float32]:

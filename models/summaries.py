@@ -53,7 +53,7 @@ import orjson
 
 __all__ = ["BAD_CHECKSUM", "FORMAT_VERSION", "KINDS", "MALFORMED", "MAX_BYTES", "MAX_RAW",
            "MISMATCH", "REASONS", "TOO_LARGE", "WRONG_GROUP", "WRONG_KIND", "WRONG_SHAPE",
-           "WRONG_VERSION", "Summary", "SummaryError", "decode", "encode", "fedavg",
+           "WRONG_VERSION", "Summary", "SummaryError", "decode", "decode_like", "encode", "fedavg",
            "fingerprint"]  # fmt: skip
 
 FORMAT_VERSION = 1
@@ -85,16 +85,20 @@ class SummaryError(ValueError):
 
 def _hst_shapes(meta: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     height, n_trees = int(meta["height"]), int(meta["n_trees"])
-    if not (0 < height <= 24 and 0 < n_trees <= 1024):
-        msg = f"implausible HST size: height {height}, n_trees {n_trees}"
+    buckets, edges = int(meta["buckets"]), len(meta["level_edges"])
+    if not (0 < height <= 24 and 0 < n_trees <= 1024 and 0 <= buckets <= min(edges + 1, 256)):
+        msg = f"implausible HST size: height {height}, n_trees {n_trees}, buckets {buckets}"
         raise ValueError(msg)
-    return {"masses": (n_trees * (2 ** (height + 1) - 1),)}
+    nodes = n_trees * (2 ** (height + 1) - 1)
+    return {"buckets": (buckets,), "windows": (buckets,), "masses": (buckets, nodes)}
 
 
 KINDS: dict[str, Callable[[Mapping[str, Any]], dict[str, tuple[int, ...]]]] = {
     "mahalanobis": lambda m: {"mean": (int(m["d"]),), "m2": (math.comb(int(m["d"]) + 1, 2),)},
     "hst": _hst_shapes,
     "sketch": lambda m: {"sketch": (int(m["size"]),)},
+    "pump": lambda m: {"mean": (int(m["d"]),), "m2": (math.comb(int(m["d"]) + 1, 2),),
+                       "within": (math.comb(int(m["d"]) + 1, 2),), "sketch": (int(m["size"]),)},
 }  # fmt: skip
 """Each kind, with the array shapes its ``meta`` implies."""
 
@@ -212,6 +216,23 @@ def decode(
     return Summary(header["kind"], header["flow"], header["node"], header["group"],
                    header["model_version"], header["fingerprint"], header["count"],
                    created, header["meta"], arrays)  # fmt: skip
+
+
+def decode_like(data: bytes, template: Summary) -> Summary:
+    """The summary ``data`` holds, checked against ``template``.
+
+    It must have the template's kind, model version and group (as :func:`decode`
+    checks), flow and parameter fingerprint (else ``mismatch``).
+
+    Raises:
+        SummaryError: With the reason of the first check that failed.
+    """
+    t = template
+    s = decode(data, expect_kind=t.kind, expect_version=t.model_version, expect_group=t.group)
+    if s.fingerprint != t.fingerprint or s.flow != t.flow:
+        msg = f"parameters {s.fingerprint} of {s.flow}, expected {t.fingerprint} of {t.flow}"
+        raise SummaryError(MISMATCH, msg)
+    return s
 
 
 def _header(raw: bytes) -> dict[str, Any]:

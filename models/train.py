@@ -394,6 +394,13 @@ def _lstm_model(keras: Any, window: int) -> Any:
 
 def train_command(args: argparse.Namespace) -> int:
     """Run ``edgewatch train MODEL``; prints the metadata (metrics included) as JSON."""
+    if args.model == "pump-ensemble-ae":
+        from models.train_ensemble import train_ensemble_command  # noqa: PLC0415
+
+        return train_ensemble_command(args)
+    if getattr(args, "feedback", None) or getattr(args, "prefixes", None):
+        msg = "--feedback and --prefixes apply to pump-ensemble-ae only"
+        raise SystemExit(msg)
     out = Path(args.out) if args.out else ARTIFACTS
     if args.model == "pump-autoencoder":
         meta = train_pump(out, window=args.window or 10, epochs=args.epochs or 40,

@@ -4,7 +4,9 @@ The operator is keyed by sensor and takes both readings and :class:`Feedback`; e
 sensor's ensemble (Half-Space Trees, Mahalanobis distance and an autoencoder voting
 ``k`` of 3, see :mod:`models.ensemble`) lives in a ``StatefulBatchLogic`` whose snapshot
 is the ensemble's pickled state. A batch's readings become one float64 matrix scored by
-one ``process`` call. The ensemble takes finite rows only, so a reading with a field that
+one ``process`` call, with each reading's threshold context when ``context_of`` is given
+(adaptive or fixed thresholds, :mod:`models.ensemble_thresholds`; the thresholds are part
+of the snapshot). The ensemble takes finite rows only, so a reading with a field that
 imputation could not fill (no value of it seen yet) is not scored but dead-lettered
 (``missing_channel``). A feedback record splits the batch there, so the readings before
 it are scored with the thresholds in force before it and those after with the adjusted
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -90,10 +92,11 @@ class _EnsembleLogic(IdleEvictingLogic["Reading | Feedback", _Out, bytes]):
         flow: str,
         idle_timeout: timedelta | None,
         observe_seconds: Callable[[float], None] | None,
+        context_of: Callable[[Reading], Hashable] | None = None,
     ) -> None:
         super().__init__(idle_timeout)
         self._model, self._channels, self._flow = model, channels, flow
-        self._observe = observe_seconds
+        self._observe, self._context_of = observe_seconds, context_of
 
     def _judge(self, readings: list[Reading], out: list[_Out]) -> None:
         x = features_matrix(readings, self._channels)
@@ -105,8 +108,9 @@ class _EnsembleLogic(IdleEvictingLogic["Reading | Feedback", _Out, bytes]):
             readings, x = [r for r, g in zip(readings, keep, strict=True) if g], x[ok]
             if not readings:
                 return
+        ctx = None if self._context_of is None else [self._context_of(r) for r in readings]
         t0 = time.perf_counter()
-        result = self._model.process(x)
+        result = self._model.process(x, ctx)
         if self._observe is not None:
             self._observe(time.perf_counter() - t0)
         out.append(Judged(tuple(readings), result))
@@ -169,6 +173,8 @@ def ensemble(
     k: int,
     idle_timeout: timedelta | None = timedelta(hours=24),
     observe_seconds: Callable[[float], None] | None = None,
+    context_of: Callable[[Reading], Hashable] | None = None,
+    restore_model: Callable[[bytes], PumpEnsemble] | None = None,
 ) -> EnsembleOut:
     """Score each pump's readings with its own ensemble and apply feedback to it.
 
@@ -181,6 +187,9 @@ def ensemble(
         k: Detectors that must vote for an alert (the ensemble's own ``k``).
         idle_timeout: Drop a sensor's ensemble after this much wall time without input.
         observe_seconds: Called with the wall time of every ``process`` call.
+        context_of: A reading's threshold context (``models.thresholds.context_key``),
+            for adaptive or fixed thresholds; ``None``: no contexts.
+        restore_model: Rebuilds a sensor's ensemble from its snapshot (default: unpickle).
 
     Returns:
         The scored readings, the alerts and the applied feedback.
@@ -188,8 +197,11 @@ def ensemble(
     names = tuple(channels)
 
     def build(resume: bytes | None) -> _EnsembleLogic:
-        model = new_model() if resume is None else pickle.loads(resume)  # noqa: S301
-        return _EnsembleLogic(model, names, flow, idle_timeout, observe_seconds)
+        if resume is None:
+            model = new_model()
+        else:
+            model = (restore_model or pickle.loads)(resume)
+        return _EnsembleLogic(model, names, flow, idle_timeout, observe_seconds, context_of)
 
     judged = op.stateful_batch("ensemble", up, build)
 

@@ -63,3 +63,23 @@ def test_score_ensemble_on_a_univariate_csv(tmp_path: Path) -> None:
     flags = np.array([int(r["is_anomaly"]) for r in rows])
     assert len(rows) == 800 and not flags[:300].any() and flags[615:650].all()
     assert "value" in done.stderr
+
+
+@needs_data
+def test_evaluate_with_the_tflite_member_and_adaptive_thresholds(tmp_path: Path) -> None:
+    shutil.copy(DATA / "skab" / "valve1" / "1.csv", tmp_path / "1.csv")
+    runs = {}
+    for extra in ([], ["--autoencoder", "tflite", "--threshold", "adaptive", "--context",
+                       "season,hour"], ["--threshold", "fixed"]):  # fmt: skip
+        done = edgewatch("evaluate", "--dataset", "skab", str(tmp_path), *extra)
+        runs[" ".join(extra)] = orjson.loads(done.stdout.strip().splitlines()[-1])
+    plain, tfl, fixed = runs.values()
+    assert plain["model_version"] == "pump-ensemble-1+ae:numpy" and plain["threshold"] == "prefix"
+    assert tfl["model_version"].startswith("pump-ensemble-1+ae:tflite:")
+    assert (tfl["threshold"], tfl["context"]) == ("adaptive", ["season", "hour"])
+    assert (fixed["threshold"], fixed["context"]) == ("fixed", ["season", "hour"])
+    assert plain["results"]["autoencoder"] != tfl["results"]["autoencoder"]
+    assert plain["results"]["mahalanobis"] != fixed["results"]["mahalanobis"]  # x0.95 in March
+    bad = edgewatch("evaluate", "--dataset", "skab", str(tmp_path), "--autoencoder", "tflite",
+                    "--tflite-model", str(tmp_path / "none.tflite"), check=False)  # fmt: skip
+    assert bad.returncode == 2 and "none.json" in bad.stderr

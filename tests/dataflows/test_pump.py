@@ -13,8 +13,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
 from dataflows.inputs import iter_messages
-from dataflows.pump import SKAB_DIR, build_flow, pump_settings
+from dataflows.pump import SKAB_DIR, build_flow, ensemble_config, pump_settings
 from dataflows.settings import ConfigError, Settings
+from models.ensemble import PumpEnsemble
 from operators.records import Alert, RawMessage
 from sources.files import skab_source
 
@@ -86,17 +87,26 @@ def test_alerts_carry_every_vote_are_stable_and_audited(tmp_path: Path) -> None:
     )
 
 
-def test_recovery_resumes_each_pumps_ensemble(tmp_path: Path) -> None:
-    """Killed after 700 rows (past the 400-row prefix), the resumed flow keeps its models."""
+ADAPTIVE = {"pump_threshold": "adaptive", "pump_context": ("season", "hour"),
+            "ensemble_autoencoder": "tflite"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "kill"), [({}, 700), (ADAPTIVE, 600)],
+                         ids=["prefix", "adaptive-tflite"])  # fmt: skip
+def test_recovery_resumes_each_pumps_ensemble(
+    tmp_path: Path, extra: dict[str, Any], kill: int
+) -> None:
+    """Killed past the 400-row prefix, the resumed flow keeps its models and, adaptive,
+    its thresholds (file 1 alerts from row 581, 664 with the TFLite member)."""
     messages: list[RawMessage] = list(iter_messages(skab_source(FILES[:1])))
     whole: list[Alert] = []
-    base = settings(tmp_path, alerts_path="", audit_path="")
+    base = settings(tmp_path, alerts_path="", audit_path="", **extra)
     run_main(build_flow(base, source=TestingSource(messages, 50), on_alerts=whole.extend))
 
     (tmp_path / "rec").mkdir()
     init_db_dir(tmp_path / "rec", 1)
     recovery = RecoveryConfig(str(tmp_path / "rec"))
-    items = [*messages[:700], TestingSource.ABORT(), *messages[700:]]
+    items = [*messages[:kill], TestingSource.ABORT(), *messages[kill:]]
     runs: list[list[Alert]] = [[], []]
     for got in runs:
         src = TestingSource(items, batch_size=50)
@@ -125,3 +135,32 @@ def test_default_input_is_the_skab_replay(tmp_path: Path) -> None:
         pump_settings(Settings.load(env={}), tmp_path)
     with pytest.raises(ConfigError, match="fleet_groups"):
         build_flow(settings(tmp_path, fleet_groups=("*=a/b",)))
+
+
+def test_adaptive_thresholds_and_tflite_member_in_the_flow(tmp_path: Path) -> None:
+    s = settings(tmp_path, **ADAPTIVE)
+    run_main(build_flow(s))
+    alerts = [a for a in lines(tmp_path / "alerts.jsonl") if a["detector"] == "ensemble"]
+    assert {a["sensor_id"] for a in alerts} == {"1", "2", "3"}  # 6, 4 and 16 alerts
+    for sensor in ("1", "3"):  # thresholds move with recent scores, alert by alert
+        mine = [a for a in alerts if a["sensor_id"] == sensor]
+        assert all(len({a["votes"][d]["threshold"] for a in mine}) > 1
+                   for d in ("hst", "mahalanobis", "autoencoder"))  # fmt: skip
+    for a in alerts:
+        assert all(v["vote"] == (v["score"] > v["threshold"]) for v in a["votes"].values())
+    audit = lines(tmp_path / "audit" / "audit.jsonl")
+    assert {a["model_version"] for a in audit} == {PumpEnsemble(ensemble_config(s)).model_version}
+    assert audit[0]["model_version"].startswith("pump-ensemble-1+ae:tflite:")
+
+
+def test_threshold_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mode needs pump_mode_field"):
+        settings(tmp_path, pump_threshold="adaptive", pump_context=("mode",))
+    with pytest.raises(ConfigError, match="PART=FACTOR"):
+        ensemble_config(settings(tmp_path, pump_threshold="fixed",
+                                 pump_threshold_factors=("summer",)))  # fmt: skip
+    with pytest.raises(ConfigError, match="IANA"):
+        build_flow(settings(tmp_path, pump_threshold="adaptive", pump_timezone="Mars/Base"))
+    fixed = ensemble_config(settings(tmp_path, pump_threshold="fixed"))
+    assert dict(fixed.threshold_factors) == {"summer": 1.05, "autumn": 0.95, "winter": 0.95,
+                                             "spring": 0.95, 8: 1.1, 9: 1.1, 10: 1.1}  # fmt: skip

@@ -12,10 +12,10 @@ import numpy as np
 import orjson
 import pytest
 
-from dataflows import air_quality, cli, fleet
+from dataflows import air_quality, cli, fleet, pump
 from dataflows.fleet_status import fleet_command
 from dataflows.settings import Settings
-from models.summaries import decode, encode
+from models.summaries import Summary, decode, encode
 from operators.fleet_sync import NodeAccumulator, hst_template
 from operators.records import Alert
 from sources.simulator import Simulator, SimulatorConfig
@@ -177,3 +177,58 @@ def test_a_silent_node_keeps_its_contribution_until_it_expires(
                "b expired, a kept")  # fmt: skip
     wait_until(lambda: drift_docs(watch)[-1] == {}, 10, "a expired too: the topic cleared")
     agg.wait(30)
+
+
+def pump_rows(sensor: str, n: int, level: float, seed: int, fault_at: int | None = None) -> list[
+        dict[str, Any]]:  # fmt: skip
+    """Readings of a synthetic pump: correlated noise of one shape around its own level."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(pump.CHANNELS))) @ np.random.default_rng(0).normal(
+        size=(len(pump.CHANNELS),) * 2) + level  # fmt: skip
+    if fault_at is not None:
+        x[fault_at:, 0] += 8.0
+    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    return [{"sensor_id": sensor, "ts": (t0 + timedelta(seconds=i)).isoformat(),
+             "values": dict(zip(pump.CHANNELS, row.tolist(), strict=True))}
+            for i, row in enumerate(x)]  # fmt: skip
+
+
+def test_pumps_share_their_moments_and_a_joining_pump_starts_from_the_prior(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dataflows.fleet_node")
+    watch = Subscriber(broker, f"models/pump/fleet/{GROUP}/#").start()
+    agg = aggregator(broker, tmp_path)
+    alerts: list[Alert] = []
+    for i in (1, 2):
+        s = settings(broker, tmp_path, source="mqtt", mqtt_topics=(f"p{i}/sensors/+/readings",),
+                     mqtt_client_id=f"pnode{i}", mqtt_node=f"pump-node-{i}", fleet_publish_s=0.3,
+                     deadletter_path=str(tmp_path / f"pdead{i}.jsonl"))  # fmt: skip
+        FlowRunner(pump.build_flow(s, on_alerts=alerts.extend if i == 2 else None), epoch_s=0.2)
+    for i in (1, 2):
+        broker.wait_for_log(rf"pnode{i}\S* \d+ p{i}/sensors/\+/readings")
+    for i in (1, 2):  # two pumps a node, 300 readings each: all in their training prefix
+        rows = [r for j in (1, 2) for r in pump_rows(f"{i}{j}", 300, 10.0 * i + j, i * j)]
+        publish(broker, [(f"p{i}/sensors/{r['sensor_id']}/readings", orjson.dumps(r))
+                         for r in rows])  # fmt: skip
+
+    def merged() -> Summary | None:
+        retained = [p for t, p, _, _ in watch.messages if t == f"models/pump/fleet/{GROUP}"]
+        return decode(retained[-1], expect_group=GROUP, expect_kind="pump") if retained else None
+
+    wait_until(lambda: (m := merged()) is not None and m.meta["pumps"] == 4 and (
+        f"node pump-node-2: fleet prior received: group g, {m.count} samples" in caplog.text),
+        20, "node 2's prior from all four pumps")  # fmt: skip
+    fleet_prior = merged()
+    assert fleet_prior is not None and len(encode(fleet_prior)) <= 65_536
+    assert 1100 <= fleet_prior.count <= 1200  # rows a prior alerted on are not learned
+
+    rows = pump_rows("new", 120, 77.0, 9, fault_at=80)  # its own level, a fault at row 80
+    publish(broker, [("p2/sensors/new/readings", orjson.dumps(r)) for r in rows])
+    fault = datetime.fromisoformat(rows[90]["ts"])
+    wait_until(lambda: any(a.sensor_id == "new" and a.ts >= fault for a in alerts), 15,
+               "the joining pump's alerts on its fault, before its 400-row prefix")  # fmt: skip
+    normal = datetime.fromisoformat(rows[79]["ts"])
+    assert not [a for a in alerts if a.sensor_id == "new" and a.ts <= normal]
+    agg.wait(30)
+    watch.stop()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
 import pytest
 
 from dataflows.evaluate_skab import SKAB_CHANNELS, read_skab_file
-from models.ensemble import DETECTORS, EnsembleConfig, EnsembleScores, PumpEnsemble
+from models.ensemble import DETECTORS, EnsembleConfig, EnsembleScores, PumpEnsemble, check_member
+from models.pump_detectors import SKAB_PUMP_CHANNELS
+from models.runtime import ARTIFACTS, ModelMetadata
 from tests.dataflows.test_cli import DATA, needs_data
 
 CONFIG = EnsembleConfig(channels=SKAB_CHANNELS, train_rows=200, epochs=100)
@@ -98,7 +101,85 @@ def test_univariate_runs_all_three_detectors() -> None:
 def test_bad_config_and_rows_are_refused() -> None:
     with pytest.raises(ValueError, match="k must"):
         EnsembleConfig(channels=("a",), k=4)
-    with pytest.raises(ValueError, match="tflite|only"):
-        EnsembleConfig(channels=("a",), autoencoder="tflite")
+    with pytest.raises(ValueError, match="max_drift"):
+        EnsembleConfig(channels=("a",), autoencoder="tflite", max_drift=1.0)
+    with pytest.raises(ValueError, match="threshold must"):
+        EnsembleConfig(channels=("a",), threshold="hourly")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="finite"):
         PumpEnsemble(EnsembleConfig(channels=("a",))).process(np.array([[np.nan]]))
+    with pytest.raises(ValueError, match="trained for channels"):
+        check_member(EnsembleConfig(channels=("a",), autoencoder="tflite"))
+    check_member(TFLITE)
+
+
+# -- the shared TFLite autoencoder member ------------------------------------------
+
+TFLITE = EnsembleConfig(channels=SKAB_PUMP_CHANNELS, train_rows=400, autoencoder="tflite")
+
+
+@pytest.fixture(scope="module")
+def pump_rows() -> np.ndarray:
+    x, _ = read_skab_file(DATA / "skab" / "valve1" / "1.csv")
+    return x[:, [SKAB_CHANNELS.index(c) for c in SKAB_PUMP_CHANNELS]]
+
+
+@needs_data
+@pytest.mark.parametrize("ae_error", ["sum", "relative"])
+def test_tflite_member_scores_batches_and_pickles_small(
+    pump_rows: np.ndarray, ae_error: str
+) -> None:
+    cfg = dataclasses.replace(TFLITE, ae_error=ae_error)
+    whole = PumpEnsemble(cfg).process(pump_rows)
+    ens = PumpEnsemble(cfg)
+    split = _run(ens, pump_rows, [150, 400, 401, 650, 900])
+    np.testing.assert_array_equal(whole.flags, split.flags)
+    np.testing.assert_allclose(whole.scores, split.scores, rtol=1e-6, equal_nan=True)
+    ae = whole.scores[400:, 2]
+    assert np.isfinite(ae).all() and (ae > 0).all()
+    assert whole.flags[400:, 2].any() and not whole.flags[400:, 2].all()
+    blob = pickle.dumps(ens, protocol=pickle.HIGHEST_PROTOCOL)
+    assert b"pump_ensemble_ae.tflite" in blob and len(blob) < 8_000  # a path, no interpreter
+    copy = pickle.loads(blob)  # noqa: S301 - our own bytes
+    _same(ens.process(pump_rows[-50:]), copy.process(pump_rows[-50:]))
+    sha = ModelMetadata.read(ARTIFACTS / "pump_ensemble_ae.json").sha256
+    assert ens.model_version.startswith(f"pump-ensemble-1+ae:tflite:{sha[:12]}")
+
+
+# -- adaptive and fixed thresholds -----------------------------------------------------
+
+
+def _hours(n: int, start: int = 0) -> list[tuple[int]]:
+    return [((start + i // 60) % 24,) for i in range(n)]  # one row a minute
+
+
+@needs_data
+def test_adaptive_thresholds_move_per_context_batch_free_and_round_trip(rows: np.ndarray) -> None:
+    cfg = dataclasses.replace(CONFIG, threshold="adaptive", threshold_min_count=20)
+    ctx = _hours(len(rows))
+    whole = PumpEnsemble(cfg).process(rows, ctx)
+    ens = PumpEnsemble(cfg)
+    edges = [0, 37, 200, 201, 333, 480, 481, 600, len(rows)]
+    parts = [ens.process(rows[a:b], ctx[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+    joined = EnsembleScores(*(np.concatenate([getattr(p, f) for p in parts])
+                              for f in EnsembleScores.__annotations__))  # fmt: skip
+    _same(whole, joined)
+    thr = whole.thresholds[200:]
+    assert len(np.unique(thr[:, 1])) > 50  # learned row by row, not fixed at the prefix's
+    np.testing.assert_array_equal(whole.flags, whole.scores > whole.thresholds)
+    # the thresholds are part of the state: a pickled ensemble continues identically
+    ens = PumpEnsemble(cfg)
+    ens.process(rows[:450], ctx[:450])
+    copy = pickle.loads(pickle.dumps(ens, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301
+    _same(ens.process(rows[450:], ctx[450:]), copy.process(rows[450:], ctx[450:]))
+
+
+@needs_data
+def test_fixed_factors_scale_the_prefix_thresholds(rows: np.ndarray) -> None:
+    base = PumpEnsemble(CONFIG).process(rows).thresholds[200:]
+    cfg = dataclasses.replace(CONFIG, threshold="fixed", threshold_factors=(("winter", 0.95),
+                              (8, 1.1)))  # fmt: skip
+    ctx = [("winter", 8 if i % 2 else 3) for i in range(len(rows))]
+    fixed = PumpEnsemble(cfg).process(rows, ctx).thresholds[200:]
+    factor = np.where(np.arange(200, len(rows)) % 2, 0.95 * 1.1, 0.95)
+    np.testing.assert_allclose(fixed[:, 1], base[:, 1] * factor)
+    np.testing.assert_allclose(fixed[:, 2], base[:, 2] * factor)

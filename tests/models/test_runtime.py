@@ -19,7 +19,7 @@ from models.runtime import (
     interpreter_class,
 )
 
-NAMES = ("pump_autoencoder", "smart_meter_lstm")
+NAMES = ("pump_autoencoder", "smart_meter_lstm", "pump_ensemble_ae")
 
 
 @pytest.mark.parametrize("name", NAMES)

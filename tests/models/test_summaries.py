@@ -17,6 +17,7 @@ import pytest
 
 from models import sketch
 from models.fleet import drift, hst_prior, mahalanobis_prior, merge, summarise, threshold_prior
+from models.fleet_hst import level_edges
 from models.halfspace import HalfSpaceTrees
 from models.mahalanobis import OnlineMahalanobis
 from models.summaries import REASONS, Summary, SummaryError, decode, encode, fedavg
@@ -68,7 +69,9 @@ def mahalanobis_parts() -> tuple[list[Summary], np.ndarray]:
 
 
 def hst_parts() -> list[Summary]:
-    return [part(hst(pm(72 * (i + 2), i, 15 + 3 * i)), f"n{i}", i) for i in range(4)]
+    """Four nodes' summaries, in level buckets 7, 8, 8 and 9."""
+    return [part(hst(pm(72 * (i + 2), i, 15 + 3 * i)), f"n{i}", i, level=level)
+            for i, level in enumerate([12.0, 16.0, 17.0, 24.0])]  # fmt: skip
 
 
 def sketch_parts() -> tuple[list[Summary], np.ndarray]:
@@ -101,9 +104,14 @@ def test_default_sizes_fit_in_64_kib() -> None:
     rng = np.random.default_rng(0)
     pump = OnlineMahalanobis()
     pump.learn_many(rng.normal(size=(500, 8)))
-    random_masses = rng.integers(0, 2**32, 5110, dtype=np.uint32)
-    noisy = dataclasses.replace(hsts[0], arrays={"masses": random_masses})
+    random_masses = rng.integers(0, 2**32, (1, 5110), dtype=np.uint32)
+    noisy = dataclasses.replace(hsts[0], arrays={**hsts[0].arrays, "masses": random_masses})
+    levels = [0.5, *level_edges((0.0, 1200.0))]
+    every_level = merge([part(hst(pm(144, i, level)), f"n{i}", level=level)
+                         for i, level in enumerate(levels)])  # fmt: skip
+    assert every_level.meta["buckets"] == 21
     sizes = {"hst": len(encode(hsts[0])), "hst fleet": len(encode(merge(hsts))),
+             "hst fleet, every level bucket": len(encode(every_level)),
              "hst 3 features": len(encode(part(hst(rng.random((200, 3)), XYZ), "x"))),
              "hst incompressible": len(encode(noisy)),
              "mahalanobis d=4": len(encode(mahas[0])),
@@ -175,9 +183,13 @@ def test_mahalanobis_merge_equals_the_union_in_any_order() -> None:
 
 def test_hst_merge_is_the_exact_sum_in_any_order() -> None:
     parts = hst_parts()
-    total = np.sum([p.arrays["masses"].astype(np.int64) for p in parts], axis=0)
+    assert [int(p.arrays["buckets"][0]) for p in parts] == [7, 8, 8, 9]
+    rows = [p.arrays["masses"][0].astype(np.int64) for p in parts]
+    total = np.stack([rows[0], rows[1] + rows[2], rows[3]])
     for merged in groupings(parts):
         np.testing.assert_array_equal(merged.arrays["masses"], total)
+        assert merged.arrays["buckets"].tolist() == [7, 8, 9]
+        assert merged.arrays["windows"].tolist() == [1, 2, 1]
         assert merged.meta["windows"] == 4 and merged.count == 4 * 72
         assert (merged.node, merged.created_at) == ("*", T0 + timedelta(minutes=3))
         assert merged.fingerprint == parts[0].fingerprint
@@ -270,6 +282,23 @@ def test_hst_prior_flags_an_anomaly_in_the_first_window_and_learns_on() -> None:
     assert scores[30] > 0.7 > scores[np.arange(72) != 30].max()  # the air-quality threshold
     assert not cold.score_learn_many(window).any()  # a cold model scores 0 all window long
     np.testing.assert_array_equal(prior.reference_masses(), cold.reference_masses())
+
+
+def test_hst_prior_follows_the_new_sensors_level() -> None:
+    low = [part(hst(pm(72, i, 5.0)), f"l{i}", level=5.0) for i in range(3)]
+    high = [part(hst(pm(72, i, 50.0)), f"h{i}", level=50.0) for i in range(3)]
+    fleet = decode(encode(merge(low + high)))
+    assert fleet.meta["buckets"] == 2
+    probe = np.array([[5.0], [50.0]])
+    near_low, near_high = hst_prior(fleet, 4.0), hst_prior(fleet, 60.0)
+    pooled = hst_prior(fleet)
+    assert near_low.score_many(probe)[1] > 0.7 > near_low.score_many(probe)[0]
+    assert near_high.score_many(probe)[0] > 0.7 > near_high.score_many(probe)[1]
+    assert pooled.score_many(probe).max() < near_low.score_many(probe).max()
+    nowhere = hst_prior(fleet, 900.0)  # no bucket near it: the whole fleet's window
+    np.testing.assert_array_equal(nowhere.score_many(probe), pooled.score_many(probe))
+    doubled = hst_prior(fleet, 4.0, gain=2.0)
+    assert (doubled.reference_masses() >= near_low.reference_masses()).all()
 
 
 def test_mahalanobis_prior_is_ready_at_once_and_can_weigh_less() -> None:

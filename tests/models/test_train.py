@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from models.runtime import TFLiteModel
@@ -33,3 +34,59 @@ def test_smart_meter_training_smoke(tmp_path: Path) -> None:
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in model.op_names()
     assert set(meta["metrics"]["test"]) == {"accuracy", "tpr", "fpr", "f1"}
     assert model.metadata.input_shape == (1, 200, 1)
+
+
+@pytest.mark.skipif(not SKAB.is_dir(), reason="needs ../shared/data/skab")
+@pytest.mark.timeout(120)
+def test_retraining_with_feedback_learns_confirmed_false_positives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pump flow's audit log + operators' labels → edgewatch train pump-ensemble-ae."""
+    from bytewax.testing import run_main  # noqa: PLC0415
+
+    from dataflows.cli import _parser  # noqa: PLC0415
+    from dataflows.pump import build_flow  # noqa: PLC0415
+    from dataflows.settings import Settings  # noqa: PLC0415
+    from models.train_ensemble import train_ensemble_ae, train_ensemble_command  # noqa: PLC0415
+
+    valve = SKAB / "valve1" / "1.csv"
+    audit = tmp_path / "audit.jsonl"
+    run_main(
+        build_flow(
+            Settings.load(
+                env={},
+                source="skab",
+                source_path=(str(valve),),
+                alerts_path="",
+                audit_path=str(audit),
+                metrics_addr="",
+            )
+        )
+    )
+    alerts = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
+    assert len(alerts) > 20 and {a["sensor_id"] for a in alerts} == {"1"}
+    labels = [{"alert_id": a["alert_id"], "label": "false_positive"} for a in alerts[3:]]
+    labels += [{"alert_id": a["alert_id"], "label": "true_positive"} for a in alerts[:3]]
+    labels += [{"alert_id": "f" * 24, "label": "false_positive"}, {"label": "maybe"}]
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_bytes(b"\n".join(orjson.dumps(x) for x in labels))
+
+    argv = ["train", "pump-ensemble-ae", "--epochs", "2", "--out", str(tmp_path / "m"),
+            "--prefixes", str(valve), "--feedback", str(audit), str(feedback)]  # fmt: skip
+    assert train_ensemble_command(_parser().parse_args(argv)) == 0
+    meta = orjson.loads((tmp_path / "m" / "pump_ensemble_ae.json").read_bytes())
+    assert meta["feedback"]["records"] == len(labels)
+    assert meta["feedback"]["used"] == {"false_positive": len(alerts) - 3, "true_positive": 0}
+    assert meta["feedback"]["ignored"] == {"not_in_training_data": 3, "alert_not_found": 1,
+                                           "bad_label": 1}  # fmt: skip
+    assert meta["metrics"]["feedback_rows"] == 10 * (len(alerts) - 3)
+    assert meta["training_data"]["prefix_sensors"] == ["1"] and meta["label_free"]
+    model = reproduces(tmp_path / "m" / "pump_ensemble_ae.tflite")
+    assert model.op_names() == {"FULLY_CONNECTED"}
+    err = capsys.readouterr().err
+    assert f"used {len(alerts) - 3} false positive rows" in err and "ignored 5" in err
+
+    # the confirmed-normal rows are reconstructed better than by the same training without them
+    without = train_ensemble_ae(None, prefixes=[valve], feedback=[audit, feedback], epochs=2,
+                                feedback_weight=0)["metrics"]["feedback_error"]  # fmt: skip
+    assert meta["metrics"]["feedback_error"] < 0.8 * without  # 7.3 vs 12.5 here

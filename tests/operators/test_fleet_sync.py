@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models.fleet import merge
+from models.fleet_hst import bucket_of
 from models.halfspace import HalfSpaceTrees
 from models.summaries import SummaryError, encode
 from operators.fleet_sync import (
@@ -49,12 +50,32 @@ def test_accumulator_sums_each_finished_window_exactly() -> None:
 
 def test_accumulator_halves_and_keeps_the_average_within_a_window() -> None:
     acc = NodeAccumulator(template(), max_windows=4)  # type: ignore[arg-type]
-    ones = np.full(acc.template.arrays["masses"].shape, 20, dtype=np.int64)
-    for _ in range(7):
-        acc.add(ones)
+    ones = np.full(acc.template.arrays["masses"].shape[1:], 20, dtype=np.int64)
+    for i in range(7):
+        acc.add(ones, level=5.0 if i % 2 else 50.0)
+    summary = acc.summary()
+    assert summary is not None and summary.meta["buckets"] == 2
+    per_window = summary.arrays["masses"].max(axis=1) / summary.arrays["windows"]
+    assert per_window.max() <= 20 and summary.meta["windows"] == summary.arrays["windows"].sum()
+
+
+def test_each_window_goes_to_the_bucket_of_its_median() -> None:
+    levels: list[float] = []
+    model = FleetModel(new(), lambda masses, level: levels.append(level))
+    x = np.concatenate([np.full(20, 10.0), np.full(20, 40.0), np.full(20, 70.0)])
+    x[[3, 25]] = 99.0  # a spike moves no median
+    for i in range(0, 60, 7):  # batches that straddle window ends
+        model.score_learn_many(x[i : i + 7, None])
+    assert levels == [10.0, 40.0, 70.0]
+    acc = NodeAccumulator(template())  # type: ignore[arg-type]
+    warm(acc, 60, level=10.0)
+    warm(acc, 40, level=80.0)
     summary = acc.summary()
     assert summary is not None
-    assert summary.arrays["masses"].max() / summary.meta["windows"] <= 20
+    edges = summary.meta["level_edges"]
+    expected = [bucket_of(10.0, edges), bucket_of(80.0, edges)]
+    assert summary.arrays["buckets"].tolist() == expected
+    assert summary.arrays["windows"].tolist() == [3, 2]
 
 
 def test_fleet_model_pickles_as_the_bare_model() -> None:
@@ -77,11 +98,46 @@ def fleet_bytes(group: str = "g") -> bytes:
     return encode(merge(parts))
 
 
+def test_a_newcomer_follows_its_clean_level_then_blends_its_first_window() -> None:
+    store = PriorStore(template())  # type: ignore[arg-type]
+    parts = []
+    for i, level in enumerate([10.0, 10.0, 60.0]):
+        acc = NodeAccumulator(template(f"n{i}"))  # type: ignore[arg-type]
+        warm(acc, 100, level=level, seed=i)
+        summary = acc.summary()
+        assert summary is not None
+        parts.append(summary)
+    store.offer(encode(merge(parts)))
+    prior = store.prior
+    assert prior is not None
+    make, _ = fleet_factories(new, NodeAccumulator(template()), store, threshold=0.7)  # type: ignore[arg-type]
+    seeded = make()
+    young = seeded.newcomer
+    assert young is not None
+    x = np.random.default_rng(5).normal(60.0, 1.0, 20)[:, None]
+    x[5:9] = 10.0  # an episode at the other fleet level, flagged: it does not set the level
+    scores = seeded.score_learn_many(x[:10])
+    assert young.bucket == prior.bucket(60.0) and scores[5:9].min() > 0.7
+    seeded.score_learn_many(x[10:19])
+    assert young.bucket == prior.bucket(60.0) and seeded.newcomer is young
+    seeded.score_learn_many(x[19:])  # the first own window ends: own and prior, halfway
+    masses = seeded.model.reference_masses()
+    own = new()
+    own.learn_many(x)
+    own_masses = own.reference_masses()
+    assert seeded.newcomer is None and masses is not None and own_masses is not None
+    both = (own_masses + prior.masses(young.bucket).astype(np.int64) + 1) // 2
+    light = HalfSpaceTrees(4, 5, 20, {"x": (0.0, 100.0)}, 3, ["x"])
+    light.set_reference_masses(both)
+    np.testing.assert_array_equal(masses, light.reference_masses())
+
+
 def test_prior_store_seeds_new_models_that_score_from_the_first_row() -> None:
     store = PriorStore(template())  # type: ignore[arg-type]
     assert store.new_model() is None
     fleet = store.offer(fleet_bytes())
     assert fleet is not None and fleet.meta["windows"] == 15
+    assert store.new_model(10.0) is not None
     acc = NodeAccumulator(template())  # type: ignore[arg-type]
     make, restore = fleet_factories(new, acc, store)
     seeded = make()
@@ -89,6 +145,7 @@ def test_prior_store_seeds_new_models_that_score_from_the_first_row() -> None:
     assert scores[0] < 0.5 < scores[1]  # usual level normal, far off anomalous, at once
     assert new().score_learn_many(np.array([[90.0]]))[0] == 0.0  # without a prior: silent
     assert type(restore(pickle.dumps(seeded)).model) is HalfSpaceTrees
+    assert pickle.loads(pickle.dumps(seeded)).__class__ is HalfSpaceTrees
     assert store.offer(b"") is None and store.new_model() is None  # withdrawn
 
 

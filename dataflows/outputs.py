@@ -61,11 +61,13 @@ def add_outputs(
     alerts: Stream[Alert],
     invalid: Stream[Invalid],
     incidents: Stream[Alert] | None = None,
+    alert_topic: str = "alerts/{key}",
 ) -> None:
     """Attach the alert and dead-letter sinks the settings ask for to ``alerts``/``invalid``.
 
     ``incidents`` (fleet incidents) join the alerts' JSON lines and metrics, and on the
-    broker go to ``alerts/fleet/<group>``.
+    broker go to ``alerts/fleet/<group>``. On the broker an alert goes to ``alert_topic``
+    with ``{key}`` its sensor id.
     """
     every = alerts if incidents is None else op.merge("alerts_incidents", alerts, incidents)
     if settings.alerts_path:
@@ -103,7 +105,7 @@ def add_outputs(
     op.output(
         "alerts_mqtt",
         op.map("alert_mqtt", alerts, keyed_alert),
-        sink("alerts/{key}", "alerts", node),
+        sink(alert_topic, "alerts", node),
     )
     op.output(
         "deadletter_mqtt",

@@ -22,7 +22,7 @@ from typing import TextIO, cast
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from dataflows import air_quality, pump, smart_meter
+from dataflows import air_quality, pump, security, smart_meter
 from dataflows.evaluation import Evaluation, evaluate_alerts
 from dataflows.inputs import simulator_config
 from dataflows.monitoring import serve_metrics
@@ -43,7 +43,8 @@ __all__ = [
 
 
 FLOW_NAME = air_quality.FLOW_NAME
-_FLOWS = {FLOW_NAME: air_quality, pump.FLOW_NAME: pump, smart_meter.FLOW_NAME: smart_meter}
+_FLOWS = {FLOW_NAME: air_quality, pump.FLOW_NAME: pump, smart_meter.FLOW_NAME: smart_meter,
+          security.FLOW_NAME: security}  # fmt: skip
 _FIELDS = {pump.FLOW_NAME: pump.CHANNELS[:3], smart_meter.FLOW_NAME: ("power_kw",)}
 """Fields an alert line shows, by flow (air quality: the scored ones)."""
 
@@ -59,6 +60,8 @@ def format_alert(a: Alert, fields: Sequence[str] = ()) -> str:
     '2024-04-01 03:14:00Z  sensor 1007   hst 0.912 > 0.70  critical  pm1.0_cf_1=412.3'
     """
     keys = [f for f in fields if f in a.values] or list(a.values)[:3]
+    if a.kind == "security":  # the feature that drove it
+        keys = [k for k in a.details.get("drivers", {}) if k in a.values] or keys
     shown = ", ".join(f"{k}={a.values[k]:g}" for k in keys if a.values[k] is not None)
     when = a.ts.strftime("%Y-%m-%d %H:%M:%SZ")
     return (
@@ -162,7 +165,8 @@ def run_command(args: argparse.Namespace) -> int:
     name = getattr(args, "flow", FLOW_NAME)
     if name == pump.FLOW_NAME:  # its default input is the SKAB replay
         settings = pump.pump_settings(settings)
-    out.write(f"edgewatch run: {name} flow{member} on {_describe(settings)}\n")
+    where = security.describe(settings) if name == security.FLOW_NAME else _describe(settings)
+    out.write(f"edgewatch run: {name} flow{member} on {where}\n")
     if served is not None:
         out.write(f"metrics: http://{served[0]}:{served[1]}/metrics\n")
     fields = _FIELDS.get(name, settings.hst_features)
@@ -199,6 +203,11 @@ def run_command(args: argparse.Namespace) -> int:
         labels = Simulator(simulator_config(settings)).labels()
         evaluation = evaluate_alerts(collect.alerts, labels)
     _summary(out, settings, collect.alerts, _delta(before, after, name), wall, evaluation)
+    if name == security.FLOW_NAME and settings.source == "simulator" and cluster.processes == 1:
+        from dataflows.evaluate_security import run_summary  # noqa: PLC0415
+
+        out.write(run_summary(collect.alerts, security.fleet_config(settings),
+                              settings.security_window_s))  # fmt: skip
     return 130 if interrupted else 0
 
 

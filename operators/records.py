@@ -196,6 +196,10 @@ class Alert:
             detector's ``{"score", "threshold", "vote"}``).
         severity: ``"warning"`` or ``"critical"``.
         imputed: Fields of the reading that were imputed.
+        kind: ``"anomaly"`` (a sensor's readings) or ``"security"`` (a device's behaviour,
+            :mod:`dataflows.security`).
+        details: What else explains the alert (security: the reason, and each driving
+            feature's value, baseline median and scale); in the JSON only when non-empty.
     """
 
     alert_id: str
@@ -210,11 +214,14 @@ class Alert:
     votes: dict[str, Any] = field(default_factory=dict)
     severity: str = "warning"
     imputed: tuple[str, ...] = ()
+    kind: str = "anomaly"
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The alert as a JSON-ready mapping (schema version 1)."""
-        return {
+        doc: dict[str, Any] = {
             "schema": ALERT_SCHEMA_VERSION,
+            "kind": self.kind,
             "alert_id": self.alert_id,
             "sensor_id": self.sensor_id,
             "flow": self.flow,
@@ -228,6 +235,9 @@ class Alert:
             "severity": self.severity,
             "imputed": list(self.imputed),
         }
+        if self.details:
+            doc["details"] = self.details
+        return doc
 
     def to_json(self) -> bytes:
         """Serialise with orjson (one line, no trailing newline)."""

@@ -39,9 +39,9 @@ from sinks.batch_histogram import BatchHistogram
 from sinks.memory import CallbackSink
 
 __all__ = ["AlertMetricsSink", "DeadLetterMetricsSink", "FeedbackMetricsSink", "InvalidMetricsSink",
-           "MQTTConnectionMetrics", "Metrics", "ScoreMetricsSink",
-           "count_fleet", "counter_values", "inference_timer", "metrics", "prepare_flow", "serve",
-           "set_model_info"]  # fmt: skip
+           "MQTTConnectionMetrics", "Metrics", "ScoreMetricsSink", "SecurityAlertMetricsSink",
+           "count_fleet", "counter_values", "inference_timer", "metrics", "prepare_flow",
+           "prepare_security", "serve", "set_model_info"]  # fmt: skip
 
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
@@ -108,6 +108,7 @@ class Metrics:
     fleet_published: Counter
     fleet_rejected: Counter
     fleet_priors: Counter
+    security_alerts: Counter
     model: Info
     build: Info
 
@@ -154,6 +155,9 @@ def _create() -> Metrics:
                                [*f, "reason"]),
         fleet_priors=Counter("edgewatch_fleet_priors", "New sensors whose model started "
                              "from the fleet prior.", f),
+        security_alerts=Counter("edgewatch_security_alerts", "Security alerts, by reason "
+                                "(the feature furthest from the device's baseline).",
+                                ["reason"]),
         model=Info("edgewatch_model", "Detector version and parameters.", fd),
         build=Info("edgewatch_build", "edgewatch build."),
     )  # fmt: skip
@@ -296,6 +300,26 @@ class FeedbackMetricsSink(CallbackSink[str]):
 
     def __init__(self, flow: str) -> None:
         super().__init__(partial(_count_feedback, flow))
+
+
+class SecurityAlertMetricsSink(CallbackSink[str]):
+    """Counts security alerts by reason; takes their reasons (see :func:`prepare_security`)."""
+
+    def __init__(self) -> None:
+        super().__init__(_count_security)
+
+
+def prepare_security(reasons: Iterable[str]) -> None:
+    """Create ``edgewatch_security_alerts_total{reason}`` at zero for every reason."""
+    m = metrics()
+    for reason in reasons:
+        m.security_alerts.labels(reason)
+
+
+def _count_security(reasons: list[str]) -> None:
+    m = metrics()
+    for reason, n in Tally(reasons).items():
+        m.security_alerts.labels(reason).inc(n)
 
 
 def _count_feedback(flow: str, labels: list[str]) -> None:

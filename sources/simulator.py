@@ -12,6 +12,9 @@ Each sensor draws from its own generator seeded by ``(seed, sensor)`` and the ep
 plan from one seeded by ``seed``, so the output depends on the configuration only, never
 on how the fleet is split into partitions.
 
+The labelled fleet of misbehaving MQTT devices (:class:`DeviceFleet`, its source and
+:data:`MISBEHAVIOUR_KINDS`) lives in :mod:`sources.security_sim` and is re-exported here.
+
 >>> sim = Simulator(SimulatorConfig(sensors=2, duration_s=3600))
 >>> rows = list(sim.payloads())
 >>> len(rows), rows[0]["sensor_index"], rows[1]["sensor_index"], rows[2]["last_seen"]
@@ -31,10 +34,18 @@ from typing import Any
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from sources.security_sim import KINDS as MISBEHAVIOUR_KINDS
+from sources.security_sim import DeviceFleet, DeviceFleetConfig, DeviceFleetSource, Misbehaviour
+
 __all__ = [
     "FIRST_SENSOR_INDEX",
     "KINDS",
+    "MISBEHAVIOUR_KINDS",
     "ORIGIN",
+    "DeviceFleet",
+    "DeviceFleetConfig",
+    "DeviceFleetSource",
+    "Misbehaviour",
     "Simulator",
     "SimulatorConfig",
     "SimulatorSource",

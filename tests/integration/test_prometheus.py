@@ -163,7 +163,7 @@ def garbage(n: int) -> list[tuple[str, dict[str, Any] | bytes]]:
 def rule_exprs(prom: Prometheus) -> dict[str, str]:
     exprs = {name: rule["query"] for name, rule in prom.rules().items()}
     assert set(exprs) == {"EdgewatchNoData", "EdgewatchHighInvalidRate", "EdgewatchAlertStorm",
-                          "EdgewatchMQTTDisconnected"}  # fmt: skip
+                          "EdgewatchMQTTDisconnected", "EdgewatchSecurityAlert"}  # fmt: skip
     return exprs
 
 

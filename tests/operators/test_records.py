@@ -39,6 +39,7 @@ def test_alert_json_schema_v1() -> None:
     doc = orjson.loads(a.to_json())
     assert set(doc) == {
         "schema",
+        "kind",
         "alert_id",
         "sensor_id",
         "flow",
@@ -52,7 +53,7 @@ def test_alert_json_schema_v1() -> None:
         "severity",
         "imputed",
     }
-    assert doc["schema"] == 1 and doc["severity"] == "critical"
+    assert doc["schema"] == 1 and doc["severity"] == "critical" and doc["kind"] == "anomaly"
     assert doc["ts"] == "2024-04-01T12:00:00+00:00" and doc["votes"] == {"hst": 0.93}
     assert doc["alert_id"] == alert_id("air_quality", "s1", "hst", T)
     assert isinstance(a, Alert) and a.imputed == ("t",)

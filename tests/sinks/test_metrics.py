@@ -23,7 +23,9 @@ from sinks.metrics import (
     LAG_BUCKETS,
     SCORE_BUCKETS,
     ScoreMetricsSink,
+    SecurityAlertMetricsSink,
     metrics,
+    prepare_security,
     serve,
 )
 
@@ -51,7 +53,7 @@ def test_names_units_and_labels_follow_the_rules() -> None:
         "edgewatch_inference_seconds", "edgewatch_active_sensors", "edgewatch_mqtt_connected",
         "edgewatch_mqtt_reconnects", "edgewatch_model", "edgewatch_build", "edgewatch_feedback",
         "edgewatch_fleet_summaries_published", "edgewatch_fleet_summaries_rejected",
-        "edgewatch_fleet_priors",
+        "edgewatch_fleet_priors", "edgewatch_security_alerts",
     }  # fmt: skip
     for name, family in families.items():
         for s in family.samples:
@@ -164,3 +166,11 @@ def test_serve_exposes_every_metric_once_per_address() -> None:
     for bad in ("9464", "host:port", "127.0.0.1:99999"):
         with pytest.raises(ValueError, match="is not HOST:PORT"):
             serve(bad)
+
+
+def test_security_alerts_are_counted_by_reason() -> None:
+    prepare_security(["messages", "auth_failures"])
+    before = sample("edgewatch_security_alerts_total", reason="auth_failures")
+    assert sample("edgewatch_security_alerts_total", reason="messages") >= 0.0
+    SecurityAlertMetricsSink().build("t", 0, 1).write_batch(["auth_failures", "auth_failures"])
+    assert sample("edgewatch_security_alerts_total", reason="auth_failures") == before + 2

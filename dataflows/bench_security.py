@@ -35,6 +35,7 @@ from sources.security_sim import DeviceFleet, DeviceFleetConfig
 
 __all__ = ["TARGET", "security_bench_command"]
 
+_WINDOW_S = Settings().security_window_s
 TARGET = 20_000.0
 """Messages per second the flow must keep up with on one worker."""
 
@@ -44,7 +45,16 @@ def _events(n: int, devices: int) -> list[Any]:
     hours = max(2.0, 1.2 * n / per_hour + 1.0)  # the misbehaviours start after an hour
     config = DeviceFleetConfig(devices=devices, duration_s=hours * 3600,
                                misbehaviours=min(10, devices))  # fmt: skip
-    return list(islice(DeviceFleet(config).events(), n))
+    events = list(islice(DeviceFleet(config).events(), n))
+    # end at a window boundary: a window cut short would look like a fleet gone quiet
+    end = _time(events[-1]) // _WINDOW_S * _WINDOW_S
+    while events and _time(events[-1]) >= end:
+        events.pop()
+    return events
+
+
+def _time(event: Any) -> float:
+    return float(event[2] if type(event) is tuple else event.ts)
 
 
 def _run(flow: Dataflow) -> float:

@@ -107,17 +107,6 @@ def average(
     return [w.astype(np.float32) for w in fedavg(list(weights), list(counts))]
 
 
-def _autoencoder(keras: Any) -> Any:
-    layers = keras.layers
-    return keras.Sequential([
-        keras.Input((len(PUMP_FEATURES),)),
-        layers.Dense(8, activation="relu"),
-        layers.Dense(2, activation="relu"),
-        layers.Dense(8, activation="relu"),
-        layers.Dense(len(PUMP_FEATURES)),
-    ])  # fmt: skip
-
-
 def _seed(seed: int, node: str, round_: int) -> int:
     """A node's training seed in a round: its name's, not its turn's."""
     return (seed * 1_000_003 + zlib.crc32(node.encode()) + 7919 * round_) % 2**31
@@ -140,13 +129,19 @@ def train_federated(
         The metadata (with ``federated`` and ``metrics``), and ``"weights"``: the final
         global weights (not written to the JSON).
     """
-    from models.train import _fit, _keras, _write, convert  # noqa: PLC0415 - train extra
+    from models.train import (  # noqa: PLC0415 - train extra
+        _fit,
+        _keras,
+        _write,
+        convert,
+        dense_autoencoder,
+    )
 
     data = node_data(files, nodes, train_rows=train_rows)
     mean, scale = scaler(data)
     keras = _keras()
     keras.utils.set_random_seed(seed)
-    model = _autoencoder(keras)
+    model = dense_autoencoder(keras, len(PUMP_FEATURES), 2)
     weights = model.get_weights()
     history = []
     for r in range(rounds):

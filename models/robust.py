@@ -55,6 +55,9 @@ class RobustBaseline(SnapshotState):
         abs_floor: Smallest scale per feature (in the feature's unit).
         rel_floor: Smallest scale as a fraction of ``|median|``.
         prior: Per feature, the value assumed while cold (NaN: none, not scored while cold).
+        refresh_every: Recompute the median and MAD once every this many learned vectors
+            (and when the baseline turns warm): with a ring of 120, one vector more barely
+            moves them, and the recomputation is most of a window's cost.
 
     Raises:
         ValueError: A size is below 1, ``min_history > history``, a floor is not positive
@@ -69,12 +72,14 @@ class RobustBaseline(SnapshotState):
         abs_floor: Sequence[float] | None = None,
         rel_floor: float = 0.1,
         prior: Sequence[float] | None = None,
+        refresh_every: int = 1,
     ) -> None:
         floor = tuple(abs_floor) if abs_floor is not None else (1.0,) * max(n_features, 0)
         pri = tuple(prior) if prior is not None else (float("nan"),) * max(n_features, 0)
         problems = [f"{k} must be at least 1, got {v}"
                     for k, v in (("n_features", n_features), ("history", history),
-                                 ("min_history", min_history)) if v < 1]  # fmt: skip
+                                 ("min_history", min_history),
+                                 ("refresh_every", refresh_every)) if v < 1]  # fmt: skip
         if min_history > history:
             problems.append(f"min_history ({min_history}) must not exceed history ({history})")
         if len(floor) != n_features or len(pri) != n_features:
@@ -90,6 +95,7 @@ class RobustBaseline(SnapshotState):
         self.abs_floor = floor
         self.rel_floor = rel_floor
         self.prior = pri
+        self.refresh_every = refresh_every
         self._ring = np.full((history, n_features), np.nan, dtype=np.float32)
         self._learned = 0  # vectors learned in all (the ring holds the last `history`)
         self._center: Floats = np.asarray(pri, dtype=np.float64)
@@ -122,10 +128,11 @@ class RobustBaseline(SnapshotState):
         return z
 
     def learn(self, x: npt.ArrayLike) -> None:
-        """Add one vector to the ring (float32) and refresh the median and scale."""
+        """Add one vector to the ring (float32); refresh the median and scale when due."""
         self._ring[self._learned % self.history] = np.asarray(x, dtype=np.float32)
         self._learned += 1
-        if self.warm:
+        due = self._learned - self.min_history
+        if due >= 0 and due % self.refresh_every == 0:
             self._refresh()
 
     def _refresh(self) -> None:
@@ -139,7 +146,7 @@ class RobustBaseline(SnapshotState):
         self._scale = np.maximum(MAD_SCALE * np.nan_to_num(mad), np.nan_to_num(floor, nan=1.0))
 
     def state(self) -> dict[str, Any]:
-        """Compact state: parameters and the ring's learned rows (float32, as kept)."""
+        """Compact state: parameters, the ring's rows (float32), the median and scale."""
         return {
             "params": (
                 self.n_features,
@@ -148,17 +155,20 @@ class RobustBaseline(SnapshotState):
                 self.abs_floor,
                 self.rel_floor,
                 self.prior,
+                self.refresh_every,
             ),  # fmt: skip
             "learned": self._learned,
             "ring": self._ring[: min(self._learned, self.history)].copy(),
+            "center": self._center.copy(),
+            "scale": self._scale.copy(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
         ring = np.asarray(state["ring"], dtype=np.float32)
         self._ring[: len(ring)] = ring
         self._learned = int(state["learned"])
-        if self.warm:
-            self._refresh()
+        self._center = np.asarray(state["center"], dtype=np.float64)
+        self._scale = np.asarray(state["scale"], dtype=np.float64)
 
 
 def _nanmedian(rows: Floats) -> Floats:

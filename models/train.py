@@ -193,14 +193,7 @@ def train_pump(
     a, b = int(0.7 * len(feats)), int(0.85 * len(feats))
     mean, scale = feats[:a].mean(axis=0), feats[:a].std(axis=0)
     z = ((feats - mean) / scale).astype(np.float32)
-    layers = keras.layers
-    model = keras.Sequential([
-        keras.Input((len(PUMP_FEATURES),)),
-        layers.Dense(8, activation="relu"),
-        layers.Dense(2, activation="relu"),
-        layers.Dense(8, activation="relu"),
-        layers.Dense(len(PUMP_FEATURES)),
-    ])  # fmt: skip
+    model = dense_autoencoder(keras, len(PUMP_FEATURES), 2)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
     _fit(model, z[:a], z[:a], epochs, 64, seed)
     err = np.mean((model.predict(z, verbose=0, batch_size=4096) - z) ** 2, axis=1)
@@ -233,6 +226,18 @@ def train_pump(
     if int8:
         metrics["int8"] = _compare_int8(model, z[:a], z[b:], path, np.zeros(len(z) - b, bool))
     return {**meta, "metrics": metrics}
+
+
+def dense_autoencoder(keras: Any, features: int, bottleneck: int) -> Any:
+    """The seed's dense autoencoder: ``features``-8-``bottleneck``-8-``features``, ReLU."""
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((features,)),
+        layers.Dense(8, activation="relu"),
+        layers.Dense(bottleneck, activation="relu"),
+        layers.Dense(8, activation="relu"),
+        layers.Dense(features),
+    ])  # fmt: skip
 
 
 def _block_shuffle(x: Floats, block: int, seed: int) -> Floats:

@@ -46,7 +46,7 @@ from models.ensemble_ae import ENSEMBLE_AE, standardise, virtual_sensors
 from models.feedback_data import FeedbackSet, LabelledAlert, read_feedback
 from models.pump_detectors import SKAB_PUMP_CHANNELS, trailing_mean
 from models.runtime import ARTIFACTS, sha256_file
-from models.train import SKAB, _fit, _keras, _write, convert
+from models.train import SKAB, _fit, _keras, _write, convert, dense_autoencoder
 
 __all__ = ["Prefix", "read_prefixes", "train_ensemble_ae", "train_ensemble_command"]
 
@@ -182,7 +182,7 @@ def train_ensemble_ae(
     kept, used_tp = _drop_true_positives(fb, pre)
     parts = [train, *kept.values(), *([fp_rows] * feedback_weight)]
     rows = np.concatenate(parts).astype(np.float32)
-    model = _model(keras, len(channels))
+    model = dense_autoencoder(keras, len(channels), 4)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     _fit(model, rows, rows, epochs, 256, seed)
     err = _errors(model, held)
@@ -219,17 +219,6 @@ def train_ensemble_ae(
         ref = (held[:16].astype(np.float32), model.predict(held[:16].astype(np.float32), verbose=0))
         _write(out_dir, name, convert(model, None), {**meta, "metrics": metrics}, ref)
     return {**meta, "metrics": metrics}
-
-
-def _model(keras: Any, d: int) -> Any:
-    layers = keras.layers
-    return keras.Sequential([
-        keras.Input((d,)),
-        layers.Dense(8, activation="relu"),
-        layers.Dense(4, activation="relu"),
-        layers.Dense(8, activation="relu"),
-        layers.Dense(d),
-    ])  # fmt: skip
 
 
 def _errors(model: Any, z: npt.NDArray[np.floating[Any]]) -> Floats:

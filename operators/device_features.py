@@ -205,7 +205,9 @@ def device_windows(
         EventClock(_time, lateness) if live else EventClock(_time, lateness, to_system_utc=_never)
     )
     windower = TumblingWindower(length=length, align_to=_EPOCH)
-    folded = fold_window("fold", up, clock, windower, WindowAcc, WindowAcc.add, WindowAcc.merge)
+    folded = fold_window(
+        "fold", up, clock, windower, WindowAcc, WindowAcc.add, WindowAcc.merge, ordered=False
+    )
     seconds = length.total_seconds()
 
     def close(item: tuple[str, tuple[int, WindowAcc]]) -> DeviceWindow:

@@ -59,6 +59,8 @@ class SecurityConfig:
         clip: Largest ``|z|`` the HST sees.
         seed: HST seed.
         rearm_windows: Windows in a row without a verdict that end a device's episode.
+        refresh_every: Learned windows between two recomputations of a device's median
+            and MAD (:class:`~models.robust.RobustBaseline`).
     """
 
     z_threshold: float = 3.0
@@ -72,6 +74,7 @@ class SecurityConfig:
     clip: float = 10.0
     seed: int = 11
     rearm_windows: int = 3
+    refresh_every: int = 5
 
     def __post_init__(self) -> None:
         problems = [text for bad, text in (
@@ -88,10 +91,11 @@ class SecurityConfig:
         """A fresh baseline for a device (or the broker)."""
         if broker:
             return RobustBaseline(len(BROKER_FEATURES), self.history, self.min_history,
-                                  _BROKER_FLOORS)  # fmt: skip
+                                  _BROKER_FLOORS, refresh_every=self.refresh_every)  # fmt: skip
         prior = [0.0 if f in _PRIOR_ZERO else math.nan for f in FEATURES]
         return RobustBaseline(len(FEATURES), self.history, self.min_history,
-                              [_FLOORS[f] for f in FEATURES], prior=prior)  # fmt: skip
+                              [_FLOORS[f] for f in FEATURES], prior=prior,
+                              refresh_every=self.refresh_every)  # fmt: skip
 
     def hst(self) -> HalfSpaceTrees:
         """The fleet's Half-Space Trees over the groups' ``|z|``."""

@@ -97,7 +97,9 @@ def test_bench_flow_security_reports_against_its_baseline(
     assert main(["bench", "--flow", "security", "--events", "20000", "--sensors", "200",
                  "--json"]) == 0  # fmt: skip
     result = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["flow"] == "security" and result["events"] == 20_000
+    # the events end at a window boundary: a window cut short would look like silence
+    assert result["flow"] == "security" and 19_000 < result["events"] <= 20_000
+    assert result["alerts"] == 0
     assert result["events_per_s"] > 0 and result["baseline_events_per_s"] > 0
     assert result["ratio_to_baseline"] == pytest.approx(
         result["events_per_s"] / result["baseline_events_per_s"], rel=0.01

@@ -82,7 +82,7 @@ def test_reboots_new_fields_and_silence_need_the_device_history() -> None:
     silent = np.zeros(len(FEATURES))
     silent[[F[k] for k in ("size_mean", "size_max", "jitter_s", "rssi_mean")]] = math.nan
     ws += [window("a", 14 + i, silent.copy()) for i in range(3)]
-    v = judge_all(ws)
+    v = judge_all(ws, SecurityConfig(refresh_every=1))
     assert [x.window.x[F["reboots"]] for x in v[11:14]] == [0, 1, 0]
     assert v[0].window.x[F["new_fields"]] == 3 and v[1].window.x[F["new_fields"]] == 0
     assert v[13].window.x[F["new_fields"]] == 2

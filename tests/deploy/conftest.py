@@ -64,7 +64,9 @@ def deploy_broker(mosquitto: str, root: Path, users: dict[str, str]) -> Iterator
         subprocess.run([find_binary("mosquitto_passwd") or "mosquitto_passwd", "-b",
                         str(root / "auth/passwd"), user, pw], check=True, timeout=30)  # fmt: skip
     port = free_port()
-    conf = (DEPLOY / "mosquitto/mosquitto.conf").read_text().replace("/mosquitto/", f"{root}/")
+    (root / "brokerlog").mkdir(exist_ok=True)
+    conf = (DEPLOY / "mosquitto/mosquitto.conf").read_text()
+    conf = conf.replace("/mosquitto/log/", f"{root}/brokerlog/").replace("/mosquitto/", f"{root}/")
     conf = conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
     (root / "data").mkdir(exist_ok=True)
     (root / "mosquitto.conf").write_text(f"user {os.getenv('USER') or 'root'}\n{conf}")

@@ -25,14 +25,15 @@ from dataflows.settings import Cluster, Settings, bytewax_cluster
 from tests.deploy.conftest import DEPLOY, REPO, deploy_broker, make_auth
 
 SECRETS = ("MQTT_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
-FLOW_IMAGES = ("edgewatch", "edgewatch-1", "replayer", "replayer-purpleair")
+FLOW_IMAGES = ("edgewatch", "edgewatch-1", "edgewatch-security", "replayer",
+               "replayer-purpleair")  # fmt: skip
 
 
 def compose(docker_compose: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "MQTT_USERNAME"}
     return subprocess.run(
         [docker_compose, "--env-file", ".env.example", "--profile", "purpleair", "--profile",
-         "scale", *args],
+         "scale", "--profile", "security", *args],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False, env=clean | env,
     )  # fmt: skip
 
@@ -46,8 +47,8 @@ def resolved(docker_compose: str) -> dict[str, Any]:
 
 def test_config_validates_every_service(resolved: dict[str, Any]) -> None:
     assert set(resolved["services"]) == {"mosquitto-init", "mosquitto", "edgewatch", "edgewatch-1",
-                                         "replayer", "replayer-purpleair", "prometheus",
-                                         "grafana"}  # fmt: skip
+                                         "edgewatch-security", "replayer", "replayer-purpleair",
+                                         "prometheus", "grafana"}  # fmt: skip
     assert resolved["services"]["mosquitto"]["depends_on"]["mosquitto-init"] == {
         "condition": "service_completed_successfully"
     }
@@ -83,6 +84,7 @@ def test_ports_bound_to_localhost_except_mqtt(resolved: dict[str, Any]) -> None:
     assert not any(published.values()), published  # the flow's metrics stay internal
     assert resolved["services"]["edgewatch"]["expose"] == ["9464", "2101"]
     assert resolved["services"]["edgewatch-1"]["expose"] == ["9465", "2101"]
+    assert resolved["services"]["edgewatch-security"]["expose"] == ["9466"]
 
 
 def test_flows_run_under_init_and_stop_on_sigint(resolved: dict[str, Any]) -> None:
@@ -103,6 +105,30 @@ def test_flow_environment_is_valid_edgewatch_settings(resolved: dict[str, Any]) 
     prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "edgewatch")
     assert job["static_configs"][0]["targets"] == ["edgewatch:9464"]
+
+
+def test_security_profile_follows_the_brokers_log_and_is_scraped(
+    resolved: dict[str, Any],
+) -> None:
+    service = resolved["services"]["edgewatch-security"]
+    assert service["profiles"] == ["security"]
+    assert service["command"][:4] == ["python", "-m", "bytewax.run", "dataflows.security:flow"]
+    settings = Settings.load(env={k: str(v) for k, v in service["environment"].items()})
+    settings.validate()
+    assert settings.source == "mqtt" and settings.metrics_addr == ":9466"
+    log = Path(settings.security_broker_log)
+    mosquitto = resolved["services"]["mosquitto"]
+    conf = (DEPLOY / "mosquitto/mosquitto.conf").read_text()
+    assert f"log_dest file {log}" in conf
+    mounts = [str(v).split(":") for v in service["volumes"]]  # source:target[:ro]
+    (shared,) = [m for m in mounts if m[1] == str(log.parent)]
+    assert shared[2:] == ["ro"]
+    assert f"{shared[0]}:{log.parent}:rw" in [str(v) for v in mosquitto["volumes"]]
+    prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "edgewatch")
+    assert any("edgewatch-security" in sd["names"] and sd["port"] == 9466
+               for sd in job["dns_sd_configs"])  # fmt: skip
+    assert "topic read sensors/#" in (DEPLOY / "mosquitto/acl.template").read_text()
 
 
 def test_scale_profile_is_one_bytewax_cluster_scraped_per_process(docker_compose: str) -> None:

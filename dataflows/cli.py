@@ -1,9 +1,11 @@
 """The ``edgewatch`` command.
 
 ``edgewatch run`` runs a flow (by default the air-quality flow on the built-in simulator,
-no broker or configuration needed); ``edgewatch score`` scores a file offline and writes
-one CSV row per input row; ``edgewatch bench`` measures the dataflow's throughput;
-``edgewatch replay`` publishes a dataset to a broker's ``sensors/<id>/readings``.
+no broker or configuration needed; ``--flow pump|smart_meter|security``); ``edgewatch
+score`` scores a file offline and writes one CSV row per input row; ``edgewatch bench``
+measures a dataflow's throughput; ``edgewatch replay`` publishes a dataset to a broker's
+``sensors/<id>/readings``; ``edgewatch train``, ``evaluate`` and ``fleet`` train models,
+evaluate detectors on labelled data and show fleet learning.
 Every option can also be set by an ``EDGEWATCH_*`` variable or a TOML file (``--config``).
 """
 
@@ -193,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="measure the air-quality dataflow's throughput",
+        help="measure a dataflow's throughput (air quality; --flow security)",
         description="Generate events in memory, run them through the real air-quality "
         "dataflow on one worker, print events/s and a per-stage breakdown. With --mqtt, "
         "publish through a real broker (a private mosquitto unless --broker) into the "
@@ -455,11 +457,13 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e = sub.add_parser(
         "evaluate",
-        help="evaluate the pump detectors on a labelled dataset (SKAB)",
-        description="SKAB protocol: per file, the first --train-rows rows train and the "
-        "rest are streamed row by row; pooled F1, FAR %% and MAR %% against the anomaly "
-        "column for each detector and for 1/2/3-of-3 votes. Progress on stderr; the last "
-        "line is one JSON object.",
+        help="evaluate detectors on labelled data (SKAB pumps, the security simulator)",
+        description="--dataset skab DIR: SKAB's protocol: per file, the first --train-rows "
+        "rows train and the rest are streamed row by row; pooled F1, FAR % and MAR % "
+        "against the anomaly column for each detector and for 1/2/3-of-3 votes. "
+        "--dataset security-sim: the security flow over a simulated fleet with injected "
+        "misbehaviour; per kind detected or not and windows to detect, false alarms per "
+        "1,000 device-hours. Progress on stderr; the last line is one JSON object.",
     )
     e.add_argument("dir", metavar="DIR", nargs="?",
                    help="skab: folder of SKAB *.csv files (e.g. valve1)")  # fmt: skip

@@ -19,6 +19,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO, cast
 
+from bytewax.dataflow import Dataflow
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
@@ -178,19 +180,8 @@ def run_command(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         ticker.start()
     start = time.perf_counter()
-    interrupted = False
-    recovery = recovery_config(settings, cluster.workers)
     try:
-        cast(Callable[..., None], cli_main)(
-            flow,
-            workers_per_process=cluster.workers_per_process,
-            process_id=cluster.process_id if cluster.processes > 1 else None,
-            addresses=split_addresses(args.addresses) if cluster.processes > 1 else None,
-            epoch_interval=epoch_interval(settings),
-            recovery_config=recovery,
-        )
-    except KeyboardInterrupt:  # a broker source runs until Ctrl-C: still summarise
-        interrupted = True
+        interrupted = _run(flow, args, cluster, settings)
     finally:
         stop.set()
     wall = time.perf_counter() - start
@@ -202,13 +193,42 @@ def run_command(args: argparse.Namespace) -> int:
     if name == FLOW_NAME and settings.source == "simulator" and cluster.processes == 1:
         labels = Simulator(simulator_config(settings)).labels()
         evaluation = evaluate_alerts(collect.alerts, labels)
-    _summary(out, settings, collect.alerts, _delta(before, after, name), wall, evaluation)
+    _summary(out, settings, collect.alerts, _delta(before, after, name), wall, evaluation, name)
     if name == security.FLOW_NAME and settings.source == "simulator" and cluster.processes == 1:
         from dataflows.evaluate_security import run_summary  # noqa: PLC0415
 
         out.write(run_summary(collect.alerts, security.fleet_config(settings),
                               settings.security_window_s))  # fmt: skip
     return 130 if interrupted else 0
+
+
+def _run(flow: Dataflow, args: argparse.Namespace, cluster: Cluster, settings: Settings) -> bool:
+    """Run ``flow`` to its end; ``True`` if Ctrl-C stopped it."""
+    try:
+        cast(Callable[..., None], cli_main)(
+            flow,
+            workers_per_process=cluster.workers_per_process,
+            process_id=cluster.process_id if cluster.processes > 1 else None,
+            addresses=split_addresses(args.addresses) if cluster.processes > 1 else None,
+            epoch_interval=epoch_interval(settings),
+            recovery_config=recovery_config(settings, cluster.workers),
+        )
+    except KeyboardInterrupt:  # a broker source runs until Ctrl-C: still summarise
+        return True
+    except BytewaxRuntimeError as exc:  # Ctrl-C inside a step arrives wrapped
+        if not _interrupt(exc):
+            raise
+        return True
+    return False
+
+
+def _interrupt(exc: BaseException | None) -> bool:
+    """Whether a Bytewax error was a Ctrl-C (``KeyboardInterrupt`` in its causes)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def prepare_recovery(args: argparse.Namespace, processes: int) -> None:
@@ -307,6 +327,7 @@ def _summary(
     counts: dict[str, Counter[str]],
     wall: float,
     ev: Evaluation | None,
+    flow: str = FLOW_NAME,
 ) -> None:
     scored = sum(counts["events"].values())
     invalid = sum(counts["invalid"].values())
@@ -317,8 +338,10 @@ def _summary(
     w(f"  events      {scored + invalid:,}  ({scored:,} scored, {invalid:,} invalid)\n")
     if invalid:
         w(f"  invalid     {_kv(counts['invalid'])}  → {s.deadletter_path}\n")
-    w(f"  imputed     {sum(imputed.values()):,} values  {_kv(imputed)}\n")
-    w(f"  alerts      {len(alerts):,}  {_kv(sev)}  threshold {s.threshold}\n")
+    if imputed or flow != security.FLOW_NAME:
+        w(f"  imputed     {sum(imputed.values()):,} values  {_kv(imputed)}\n")
+    rule = f"  threshold {s.threshold}" if flow == FLOW_NAME else ""
+    w(f"  alerts      {len(alerts):,}  {_kv(sev)}{rule}\n")
     if ev is not None:
         w(f"  precision   {ev.precision:.3f}   recall {ev.recall:.3f}   F1 {ev.f1:.3f}   "
           f"(readings; {ev.labelled:,} labelled anomalous, dropouts excluded)\n")  # fmt: skip

@@ -104,10 +104,8 @@ def describe(s: Settings) -> str:
                 f"seed {s.sim_seed}), {how}")  # fmt: skip
     extra = [f"log {s.security_broker_log}"] if s.security_broker_log else []
     extra += ["$SYS"] if s.security_sys != "off" else []
-    topics = ", ".join(s.mqtt_prefix + t for t in s.security_topics)
-    return (
-        f"MQTT {s.mqtt_url.split('@')[-1]} {topics} {' + '.join(['', *extra])}, {how}; Ctrl-C stops"
-    )
+    topics = " + ".join([", ".join(s.mqtt_prefix + t for t in s.security_topics), *extra])
+    return f"MQTT {s.mqtt_url.split('@')[-1]} {topics}, {how}; Ctrl-C stops"
 
 
 def _inputs(flow: Dataflow, settings: Settings, source: Source[Any] | None) -> Stream[Any]:

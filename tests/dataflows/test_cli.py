@@ -152,3 +152,19 @@ def test_bad_purpleair_key_stops_with_a_clear_message() -> None:
     assert done.returncode == 1
     assert "the flow stopped: PurpleAirAPIError" in done.stderr
     assert "InvalidApiKeyError" in done.stderr and "check the API read key" in done.stderr
+
+
+def test_ctrl_c_inside_a_step_counts_as_an_interrupt_not_an_error() -> None:
+    from bytewax.errors import BytewaxRuntimeError  # noqa: PLC0415
+
+    from dataflows.runner import _interrupt  # noqa: PLC0415
+
+    def wrapped(cause: BaseException) -> BytewaxRuntimeError:
+        msg = "in step x"
+        try:
+            raise BytewaxRuntimeError(msg) from cause
+        except BytewaxRuntimeError as exc:
+            return exc
+
+    assert _interrupt(wrapped(KeyboardInterrupt()))
+    assert not _interrupt(wrapped(ValueError("bad")))

@@ -192,7 +192,7 @@ def _table(result: dict[str, Any], out: TextIO) -> None:
 def fleet_bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Run :func:`fleet_bench` with the command's options; print a table, then JSON."""
     settings = Settings.load(args.config)
-    result = fleet_bench(settings, sensors=args.sensors, nodes=args.nodes, new=args.new,
+    result = fleet_bench(settings, sensors=args.sensors or 60, nodes=args.nodes, new=args.new or 40,
                          days=args.days, seed=args.seed)  # fmt: skip
     _table(result, out)
     out.write(orjson.dumps(result).decode() + "\n")

@@ -14,6 +14,9 @@ Reported: recall of labelled readings and false-alarm rate over the joining pump
 100 readings, with and without the prior; for comparison the warmed-up pumps (the
 fleet's own, past their prefix): over every scored normal row, and on the same 100
 readings of the same files. The last line is one JSON object.
+
+``--source sim`` runs the same comparison on simulated SKAB-shaped pumps
+(:func:`pump_sim_bench`, :mod:`sources.pump_sim`) instead of the files.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from models.ensemble import EnsembleConfig, PumpEnsemble
 from models.fleet import merge
 from models.pump_fleet import FleetPump, PumpNode, PumpPrior, pump_template
 from models.summaries import decode, encode
+from sources.pump_sim import FIELDS, PumpSim, PumpSimConfig
 
-__all__ = ["pump_bench", "pump_bench_command"]
+__all__ = ["SIM_KINDS", "pump_bench", "pump_bench_command", "pump_sim_bench"]
 
 FIRST = 100  # readings of a joining pump that are judged
 BATCH = 10  # rows per ensemble call (results do not depend on it)
+SIM_KINDS = ("spike", "drift", "cavitation")  # simulated kinds that change the readings' law
 Bools = npt.NDArray[np.bool_]
 
 
@@ -70,8 +75,7 @@ def pump_bench(config: EnsembleConfig, files: list[Path], *, nodes: int = 3, fol
     fleets: list[int] = []
     for fold in range(folds):
         fleet_ids = [i for i in range(len(pumps)) if fold_of[i] != fold]
-        accs = [PumpNode(pump_template(config, flow=FLOW_NAME, node=f"node-{n + 1}",
-                                       group="bench")) for n in range(nodes)]  # fmt: skip
+        accs = _nodes(config, nodes)
         for rank, i in enumerate(fleet_ids):
             warm = FleetPump(config)
             warm.node = accs[rank % nodes]
@@ -82,11 +86,9 @@ def pump_bench(config: EnsembleConfig, files: list[Path], *, nodes: int = 3, fol
                 tally["warm"] += _count(alerts[scored], y[scored])
                 at = starts[i]
                 tally["warm_same"] += _count(alerts[at : at + FIRST], y[at : at + FIRST])
-        wire = [encode(s) for a in accs if (s := a.summary()) is not None]
-        fleet = merge([decode(data) for data in wire])
-        sizes += [len(w) for w in wire]
-        fleets.append(len(encode(fleet)))
-        prior = PumpPrior.of(decode(encode(fleet)), q)
+        prior, wire, fleet_bytes = _fleet_prior(accs, q)
+        sizes += wire
+        fleets.append(fleet_bytes)
         for i in (i for i in range(len(pumps)) if fold_of[i] == fold):
             x, y = pumps[i]
             x, y = x[starts[i] : starts[i] + FIRST], y[starts[i] : starts[i] + FIRST]
@@ -94,6 +96,54 @@ def pump_bench(config: EnsembleConfig, files: list[Path], *, nodes: int = 3, fol
             tally["without"] += _count(_alerts(PumpEnsemble(config), x), y)
     return {"pumps": len(pumps), "nodes": nodes, "folds": folds, "seed": seed, "q": q,
             "summary_bytes": max(sizes), "fleet_bytes": max(fleets),
+            **{name: _doc(t) for name, t in tally.items()}}  # fmt: skip
+
+
+def _fleet_prior(accs: list[PumpNode], q: float) -> tuple[PumpPrior | None, list[int], int]:
+    """The nodes' summaries through the wire and the aggregator's merge: prior and sizes."""
+    wire = [encode(s) for a in accs if (s := a.summary()) is not None]
+    fleet = encode(merge([decode(data) for data in wire]))
+    return PumpPrior.of(decode(fleet), q), [len(w) for w in wire], len(fleet)
+
+
+def _nodes(config: EnsembleConfig, nodes: int) -> list[PumpNode]:
+    return [PumpNode(pump_template(config, flow=FLOW_NAME, node=f"node-{n + 1}", group="bench"))
+            for n in range(nodes)]  # fmt: skip
+
+
+def pump_sim_bench(config: EnsembleConfig, *, pumps: int = 12, new: int = 8, nodes: int = 3,
+                   readings: int = 1000, seed: int = 7,
+                   q: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The same comparison on simulated pumps (:mod:`sources.pump_sim`).
+
+    ``pumps`` warm pumps run ``readings`` readings each (1.5 % in episodes after 100
+    clean ones) on ``nodes`` nodes; ``new`` pumps of another seed join with episodes
+    in their first 100 readings (12 % labelled, after 20 clean ones). Only
+    :data:`SIM_KINDS` are injected: a stuck channel stays inside the normal law.
+    Warmed-up pumps are judged on their readings past their prefix.
+    """
+    q = config.q if q is None else q
+    columns = [FIELDS.index(c) for c in config.channels]
+    warm_sim = PumpSim(PumpSimConfig(pumps=pumps, readings=readings, seed=seed, kinds=SIM_KINDS))
+    accs = _nodes(config, nodes)
+    tally = {name: np.zeros(4, np.int64) for name in ("with", "without", "warm")}
+    for i in range(pumps):
+        warm = FleetPump(config)
+        warm.node = accs[i % nodes]
+        x, kinds = warm_sim.matrix(i)
+        alerts = _alerts(warm, x[:, columns])
+        at = config.train_rows
+        tally["warm"] += _count(alerts[at:], kinds[at:] != "")
+    prior, sizes, fleet_bytes = _fleet_prior(accs, q)
+    new_sim = PumpSim(PumpSimConfig(pumps=new, readings=FIRST, seed=seed + 1000, first=10_000,
+                                    anomaly_rate=0.12, kinds=SIM_KINDS, warmup=20))  # fmt: skip
+    for i in range(new):
+        x, kinds = new_sim.matrix(i)
+        x, y = x[:, columns], kinds != ""
+        tally["with"] += _count(_alerts(FleetPump(config, prior), x), y)
+        tally["without"] += _count(_alerts(PumpEnsemble(config), x), y)
+    return {"source": "sim", "pumps": pumps + new, "new": new, "nodes": nodes, "folds": 1,
+            "seed": seed, "q": q, "summary_bytes": max(sizes), "fleet_bytes": fleet_bytes,
             **{name: _doc(t) for name, t in tally.items()}}  # fmt: skip
 
 
@@ -110,7 +160,7 @@ def _table(result: dict[str, Any], out: TextIO) -> None:
         (f"joining pumps, first {FIRST} readings, no prior", lambda: result["without"]),
         ("warmed-up pumps, every scored normal row", lambda: result["warm"]),
         (f"warmed-up pumps, the same {FIRST} readings", lambda: result["warm_same"]),
-    ]
+    ][: 4 if "warm_same" in result else 3]
     out.write(f"{'':50} {'recall':>7} {'false alarms':>13}\n")
     for name, get in rows:
         d = get()
@@ -121,13 +171,19 @@ def _table(result: dict[str, Any], out: TextIO) -> None:
 
 
 def pump_bench_command(args: argparse.Namespace, out: TextIO) -> int:
-    """Run :func:`pump_bench` with the command's options; print a table, then JSON."""
+    """Run :func:`pump_bench` (or :func:`pump_sim_bench`); print a table, then JSON."""
+    config = ensemble_config(Settings.load(args.config))
+    if args.source == "sim":
+        result = pump_sim_bench(config, pumps=args.sensors or 12, new=args.new or 8,
+                                nodes=args.nodes, seed=args.seed, q=args.q)  # fmt: skip
+        _table(result, out)
+        out.write(orjson.dumps(result).decode() + "\n")
+        return 0
     folder = Path(args.skab) if args.skab else SKAB_DIR
     files = sorted(folder.glob("*.csv"), key=lambda p: (len(p.stem), p.stem))
     if len(files) < 2:
         out.write(f"edgewatch fleet bench: need at least 2 SKAB files in {folder}\n")
         return 2
-    config = ensemble_config(Settings.load(args.config))
     result = pump_bench(config, files, nodes=args.nodes, folds=min(args.folds, len(files)),
                         seed=args.seed, q=args.q)  # fmt: skip
     _table(result, out)

@@ -49,15 +49,21 @@ def add_fleet_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         choices=FLOWS,
         help="air_quality: simulated PurpleAir sensors; pump: SKAB pumps",
     )
-    b.add_argument("--sensors", type=int, default=60, help="warm fleet (default 60)")
+    b.add_argument("--sensors", type=int, help="warm fleet (default 60; pump sim: 12)")
     b.add_argument("--nodes", type=int, default=3, help="nodes it is spread over (default 3)")
-    b.add_argument("--new", type=int, default=40, help="sensors joining (default 40)")
+    b.add_argument("--new", type=int, help="sensors joining (default 40; pump sim: 8)")
     b.add_argument("--days", type=float, default=2.0, help="warm-up days (default 2)")
     b.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
     b.add_argument(
         "--skab",
         metavar="DIR",
         help="pump: SKAB files, one pump each (default ../shared/data/skab/valve1)",
+    )
+    b.add_argument(
+        "--source",
+        default="skab",
+        choices=("skab", "sim"),
+        help="pump: the SKAB files (default) or simulated pumps (sources/pump_sim.py)",
     )
     b.add_argument("--folds", type=int, default=4, help="pump: folds of joining pumps (4)")
     b.add_argument(

@@ -12,7 +12,7 @@ The flow::
 
 Readings carry the eight SKAB channels (:data:`SKAB_FIELDS`); the ensemble scores the six
 of :data:`CHANNELS` (imputed when missing). The default input (``source``
-left at ``simulator``, for which there is no pump simulator) is a replay of the SKAB
+left at ``simulator``; ``sources.pump_sim`` feeds only the fleet bench) is a replay of the SKAB
 ``valve1`` files in ``../shared/data/skab/valve1``; any other source works as for air
 quality (``skab`` files, JSON lines, MQTT ``sensors/<id>/readings``). Each pump has its
 own :class:`models.ensemble.PumpEnsemble`: its first ``ensemble_train_rows`` readings

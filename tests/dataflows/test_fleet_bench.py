@@ -53,3 +53,16 @@ def test_pump_bench_runs_folds_over_skab_files(tmp_path: Path) -> None:
     assert prior["labelled"] == none["labelled"] > 0 and none["recall"] == 0.0
     assert prior["recall"] > 0.5  # a clear fault, caught before the 400-row prefix ends
     assert result["pumps"] == 4 and 0 < int(str(result["fleet_bytes"])) <= 65_536
+
+
+def test_pump_bench_on_simulated_pumps_scores_joining_pumps_twice() -> None:
+    lines, result = bench("--flow", "pump", "--source", "sim", "--sensors", "3", "--new", "2",
+                          "--nodes", "2")  # fmt: skip
+    assert lines[1].startswith("joining pumps, first 100 readings, fleet prior")
+    assert len(lines) == 6  # header, three rows, sizes, JSON: no "same readings" row
+    prior, none, warm = result["with"], result["without"], result["warm"]
+    assert isinstance(prior, dict) and isinstance(none, dict) and isinstance(warm, dict)
+    assert prior["labelled"] == none["labelled"] == 24  # 12 % of 2 x 100, the same readings
+    assert none["recall"] == none["false_alarm_rate"] == 0.0  # no verdict before the prefix
+    assert warm["normal"] > 0 and result["source"] == "sim" and result["pumps"] == 5
+    assert 0 < int(str(result["fleet_bytes"])) <= 65_536

@@ -169,7 +169,7 @@ def check_alerts(lines: list[Any], subscriber: Subscriber, flood_start: float,
     assert len(lines) == len(named) + (broker_wide is not None)  # an episode alerts once
     assert named[FLOODER]["details"]["reason"] in {"messages", "kbytes"}
     flood = named[FLOODER]["details"]["drivers"]
-    assert flood[named[FLOODER]["details"]["reason"]]["z"] > 10
+    assert flood[named[FLOODER]["details"]["reason"]]["z"] >= 5  # the test's vote threshold
     # detected within two windows of its start (ts is the end of the flagged window)
     assert datetime.fromisoformat(named[FLOODER]["ts"]).timestamp() - flood_start <= 2 * WINDOW_S
     assert named[DENIED]["details"]["reason"] == "acl_denied"

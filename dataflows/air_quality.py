@@ -29,7 +29,6 @@ mode one model spans all sensors (for a cross-sectional snapshot such as the Pur
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -96,7 +95,7 @@ def build_flow(
     Returns:
         The dataflow, ready for ``bytewax.run``.
     """
-    idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
+    idle = settings.idle_timeout
     flow = Dataflow(FLOW_NAME)
     by_sensor = settings.impute_scope == "sensor"
     parsed = read_keyed_input(flow, settings, FLOW_NAME, _key(by_sensor), source)

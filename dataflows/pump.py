@@ -204,7 +204,7 @@ def build_flow(
     """
     if source is None:
         settings = pump_settings(settings)
-    idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
+    idle = settings.idle_timeout
     flow = Dataflow(FLOW_NAME)
     parsed = read_keyed_input(flow, settings, FLOW_NAME, _sensor, source)
     filled = impute("impute", parsed.oks, CHANNELS, idle, settings.reject_stale)

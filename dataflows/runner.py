@@ -222,13 +222,11 @@ def _run(flow: Dataflow, args: argparse.Namespace, cluster: Cluster, settings: S
     return False
 
 
-def _interrupt(exc: BaseException | None) -> bool:
-    """Whether a Bytewax error was a Ctrl-C (``KeyboardInterrupt`` in its causes)."""
-    while exc is not None:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        exc = exc.__cause__
-    return False
+def _interrupt(exc: BaseException) -> bool:
+    """Whether a Bytewax error was a Ctrl-C (``KeyboardInterrupt`` under its wrappers)."""
+    from dataflows.cli import root_cause  # noqa: PLC0415 - the CLI imports this module
+
+    return isinstance(root_cause(exc), KeyboardInterrupt)
 
 
 def prepare_recovery(args: argparse.Namespace, processes: int) -> None:

@@ -193,7 +193,7 @@ def build_flow(
     replay = source is not None or settings.source == "simulator"
     length = timedelta(seconds=settings.security_window_s)
     lateness = timedelta(seconds=0 if replay else settings.security_lateness_s)
-    idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
+    idle = settings.idle_timeout
 
     flow = Dataflow(FLOW_NAME)
     raw = _inputs(flow, settings, source)

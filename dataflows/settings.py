@@ -20,6 +20,7 @@ import sys
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +342,11 @@ class Settings:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    @property
+    def idle_timeout(self) -> timedelta | None:
+        """``idle_timeout_s`` as the keyed operators take it (``None``: keep state forever)."""
+        return timedelta(seconds=self.idle_timeout_s) if self.idle_timeout_s else None
 
     @property
     def publishes_mqtt(self) -> bool:

@@ -25,7 +25,6 @@ as ``power_kw``. ``source=household-power`` replays the UCI household power file
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -96,7 +95,7 @@ def build_flow(
     """
     if source is None and settings.source == "simulator":
         source = SmartMeterSource(meter_config(settings), settings.batch_size)  # type: ignore[assignment]
-    idle = timedelta(seconds=settings.idle_timeout_s) if settings.idle_timeout_s else None
+    idle = settings.idle_timeout
     field = meter_field(settings)
     flow = Dataflow(FLOW_NAME)
     parsed = read_keyed_input(flow, settings, FLOW_NAME, _sensor, source)

@@ -105,29 +105,12 @@ class WindowAcc:
         return self
 
     def merge(self, other: WindowAcc) -> WindowAcc:
-        """Add a later window's counts.
+        """Never called: only session windows merge, and device windows are tumbling.
 
-        Bytewax merges only session windows; the gap between the two and a reboot across
-        it are not counted.
+        Bytewax asks every window fold for a merger all the same.
         """
-        for name in ("count", "bytes", "foreign", "invalid", "dt_n", "dt_sum", "dt_sq",
-                     "rssi_sum", "rssi_n", "reboots", "stats_n"):  # fmt: skip
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.size_max = max(self.size_max, other.size_max)
-        self.topics |= other.topics
-        self.names |= other.names
-        self.events = [a + b for a, b in zip(self.events, other.events, strict=True)]
-        for k, v in other.stats.items():
-            self.stats[k] = self.stats.get(k, 0.0) + v
-        if not isnan(other.last):
-            self.last = other.last
-        if isnan(self.first):
-            self.first = other.first
-        if not isnan(other.uptime_last):
-            self.uptime_last = other.uptime_last
-        if isnan(self.uptime_first):
-            self.uptime_first = other.uptime_first
-        return self
+        msg = f"tumbling device windows never merge ({other.count} messages)"
+        raise NotImplementedError(msg)
 
     def vector(self) -> Floats:
         """The window's :data:`FEATURES`.

@@ -28,6 +28,7 @@ device and window.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from collections.abc import Sequence
@@ -146,8 +147,7 @@ class _JudgeLogic(IdleEvictingLogic[DeviceWindow, Verdict, bytes]):
                                      "scale": _num(scale[i]), "z": _num(z[i])}  # fmt: skip
         else:
             dev.base.learn(x)
-        done = DeviceWindow(w.device, w.window, w.end, x, w.names, w.uptime_first,
-                            w.uptime_last, w.silent)  # fmt: skip
+        done = dataclasses.replace(w, x=x)
         reason = f"broker_{names[top]}" if broker else names[top]
         return Verdict(done, z, score, reason, vote, drivers)
 

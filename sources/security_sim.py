@@ -359,7 +359,7 @@ class DeviceFleet:
 
     def host(self, device: str) -> str:
         """The IP address device ``device`` connects from (a refused login names only it)."""
-        return host_of(self.device_ids().index(device))
+        return host_of(int(device.removeprefix("dev-")))
 
     def device_hours(self) -> float:
         """Devices times simulated hours: the denominator of false-alarm rates."""

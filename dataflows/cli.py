@@ -432,11 +432,14 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="train a TFLite model (needs the train extra)",
         description="Train, convert (float32, builtin ops) and write a model with its "
         "metadata JSON and reference outputs to models/artifacts/ (or --out); prints the "
-        "validation metrics. Needs pip install -e '.[train]'.",
+        "validation metrics. pump-ensemble-ae is exported with infer/train/save/restore "
+        "signatures: each pump fine-tunes it on its own prefix in the TFLite interpreter. "
+        "Needs pip install -e '.[train]'.",
     )
     t.add_argument("model", choices=("pump-autoencoder", "smart-meter-lstm", "pump-ensemble-ae"))
     t.add_argument("--out", metavar="DIR", help="output folder (default models/artifacts)")
-    t.add_argument("--epochs", type=int, help="training epochs (default 40 / 12)")
+    t.add_argument("--epochs", type=int, help="training epochs (default 40 / 12); "
+                   "pump-ensemble-ae: full-batch Adam steps (default 2000)")  # fmt: skip
     t.add_argument("--window", type=int, help="feature window (default 10) / LSTM window (200)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--int8", action="store_true", help="also export and compare an int8 model")
@@ -490,14 +493,16 @@ def _evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     e.add_argument("--plot", metavar="OUT_DIR",
                    help="one PNG per file (needs pip install -e '.[plot]')")  # fmt: skip
     e.add_argument("--autoencoder", choices=("numpy", "tflite"),
-                   help="the ensemble's autoencoder: per-sensor numpy (default) or the "
-                   "shared TFLite model (models/artifacts/pump_ensemble_ae)")  # fmt: skip
+                   help="the ensemble's autoencoder: the shipped TFLite model fine-tuned "
+                   "on each file's prefix by the interpreter (default, where it was "
+                   "trained for the screened channels) or a per-file numpy one from "
+                   "random weights")  # fmt: skip
     e.add_argument("--tflite-model", metavar="NAME|PATH",
                    help="with --autoencoder tflite: another .tflite (from edgewatch train "
                    "pump-ensemble-ae --out)")  # fmt: skip
-    e.add_argument("--ae-error", choices=("sum", "relative"),
-                   help="TFLite member's score: summed squared errors (default) or each "
-                   "feature's divided by its prefix mean")  # fmt: skip
+    e.add_argument("--ae-steps", type=int, metavar="N",
+                   help="autoencoder Adam steps on each prefix (600; with tflite, 0 scores "
+                   "with the shipped weights as they are)")  # fmt: skip
     e.add_argument("--threshold", choices=("prefix", "adaptive", "fixed"),
                    help="detector thresholds: prefix quantiles (default), adaptive per "
                    "context, or fixed context factors (see the README's Pump flow)")  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
 import pickle
 import sys
@@ -112,7 +113,9 @@ def evaluate(
     ``context`` names the parts of a row's threshold context (``context_key``: hour,
     daypart, season; SKAB has no operating-mode field), read by adaptive and fixed
     thresholds. ``ensemble`` holds further :class:`~models.ensemble.EnsembleConfig`
-    fields (e.g. ``autoencoder="tflite"``, ``threshold="adaptive"``).
+    fields (e.g. ``autoencoder="numpy"``, ``threshold="adaptive"``). Without
+    ``autoencoder``, the TFLite member when the shipped model was trained for the
+    channels the screen keeps, else the numpy one (said on stderr).
     """
     data = [(f, *read_skab_file(f)) for f in _files(folder)]
     pad = np.full((9, len(SKAB_CHANNELS)), np.nan)
@@ -120,8 +123,7 @@ def evaluate(
     keep = screen_channels(prefixes)
     drift = np.median([prefix_drift(p) for p in prefixes], axis=0)
     channels = tuple(c for c, m in zip(SKAB_CHANNELS, keep, strict=True) if m)
-    config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows, **ensemble)
-    check_member(config)
+    config = _config(channels, k, train_rows, ensemble)
     flags, votes, labels, fit_s, stream_s, sizes = [], [], [], 0.0, 0.0, []
     for i, (path, x, y) in enumerate(data, 1):
         ens = PumpEnsemble(config)
@@ -155,6 +157,23 @@ def evaluate(
             "state_bytes_per_sensor": int(np.median(sizes))}  # fmt: skip
 
 
+def _config(
+    channels: tuple[str, ...], k: int, train_rows: int, ensemble: dict[str, Any]
+) -> EnsembleConfig:
+    if "autoencoder" in ensemble:
+        config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows, **ensemble)
+        check_member(config)
+        return config
+    config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows, autoencoder="tflite",
+                            **ensemble)  # fmt: skip
+    try:
+        check_member(config)
+    except ValueError as exc:
+        sys.stderr.write(f"using the numpy autoencoder: {exc}\n")
+        return dataclasses.replace(config, autoencoder="numpy")
+    return config
+
+
 def _table(report: dict[str, Any], detector: str) -> str:
     names = list(DETECTORS) if detector == "all" else [detector] if detector in DETECTORS else []
     if detector in {"all", "ensemble"}:
@@ -181,8 +200,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
         require_matplotlib()
         plot.mkdir(parents=True, exist_ok=True)
-    names = ("autoencoder", "tflite_model", "ae_error", "threshold")
+    names = ("autoencoder", "tflite_model", "threshold")
     extra = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "ae_steps", None) is not None:
+        extra["epochs"] = args.ae_steps
     if getattr(args, "context", None):
         extra["context"] = tuple(p.strip() for p in args.context.split(",") if p.strip())
     if extra.get("threshold") == "fixed":

@@ -17,12 +17,13 @@ left at ``simulator``; ``sources.pump_sim`` feeds only the fleet bench) is a rep
 quality (``skab`` files, JSON lines, MQTT ``sensors/<id>/readings``). Each pump has its
 own :class:`models.ensemble.PumpEnsemble`: its first ``ensemble_train_rows`` readings
 are a training prefix without verdicts, then a reading alerts when ``ensemble_k`` of the
-three detectors flag it. ``ensemble_autoencoder`` picks the per-pump numpy autoencoder or
-the shared TFLite one. ``pump_threshold`` keeps each detector's prefix threshold
-(``prefix``), adapts it per context (``adaptive``: hour of day, season, day part and/or
-the operating mode read from ``pump_mode_field``, as ``pump_context`` lists, in
-``pump_timezone``) or scales it by the seed's fixed context factors (``fixed``,
-``pump_threshold_factors``); the thresholds are part of each pump's snapshot.
+three detectors flag it. ``ensemble_autoencoder`` picks the shipped TFLite autoencoder,
+fine-tuned on each pump's prefix by the interpreter (default), or a per-pump numpy one.
+``pump_threshold`` keeps each detector's prefix threshold (``prefix``), adapts it per
+context (``adaptive``: hour of day, season, day part and/or the operating mode read from
+``pump_mode_field``, as ``pump_context`` lists, in ``pump_timezone``) or scales it by
+the seed's fixed context factors (``fixed``, ``pump_threshold_factors``); the thresholds
+are part of each pump's snapshot.
 
 With MQTT outputs on (``source=mqtt`` or ``mqtt_outputs=on``) the flow also reads
 operators' labels from ``<prefix>feedback/<sensor_id>``: ``{"alert_id", "label"}`` with

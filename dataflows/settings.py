@@ -163,9 +163,10 @@ class Settings:
     """Pump flow: detectors (of hst, mahalanobis, autoencoder) that must agree to alert."""
     ensemble_train_rows: int = 400
     """Pump flow: rows each pump learns from before it scores."""
-    ensemble_autoencoder: str = "numpy"
-    """Pump flow: the ensemble's autoencoder, ``numpy`` (per pump, trained on its prefix)
-    or ``tflite`` (the shared label-free ``models/artifacts/pump_ensemble_ae``)."""
+    ensemble_autoencoder: str = "tflite"
+    """Pump flow: the ensemble's autoencoder, ``tflite`` (the shipped label-free
+    ``models/artifacts/pump_ensemble_ae``, fine-tuned on each pump's prefix by the TFLite
+    interpreter) or ``numpy`` (per pump, trained on its prefix from random weights)."""
     pump_threshold: str = "prefix"
     """Pump flow: detector thresholds: ``prefix`` (the quantile of each pump's prefix
     scores), ``adaptive`` (per context, a quantile of recent normal scores, seeded by the

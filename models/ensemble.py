@@ -11,12 +11,12 @@ README's "Pump: SKAB valve1" section):
    Half-Space Trees (limits: prefix range widened by ``hst_margin`` ranges each side,
    window ``train_rows // 2``), :class:`~models.pump_detectors.EWMahalanobis` and an
    autoencoder: :class:`~models.pump_detectors.DenseAutoencoder` trained on the prefix
-   (``autoencoder="numpy"``) or the shared label-free TFLite model of
-   :mod:`models.ensemble_ae` (``"tflite"``).
+   (``autoencoder="numpy"``) or the shipped label-free TFLite model of
+   :mod:`models.ensemble_ae` fine-tuned on the prefix by the interpreter (``"tflite"``).
 3. Each detector's raw score is smoothed by a trailing mean over ``smooth`` rows; its
    base threshold is the ``q`` quantile of its smoothed out-of-sample prefix scores
    (``folds`` contiguous folds; HST: the prefix's second window scored against the
-   first; the TFLite model never saw the prefix). ``threshold`` keeps the base
+   first). ``threshold`` keeps the base
    (``"prefix"``), adapts it per context (``"adaptive"``) or scales it by fixed context
    factors (``"fixed"``): :mod:`models.ensemble_thresholds`.
 4. A row is flagged by a detector whose smoothed score exceeds its threshold, and
@@ -24,7 +24,8 @@ README's "Pump: SKAB valve1" section):
    did not flag (score before learn); the autoencoder stays as fitted.
 
 Results do not depend on how rows are split into batches: features and smoothing sum the
-same values in the same order, the numpy autoencoder multiplies column by column,
+same values in the same order, the numpy autoencoder multiplies column by column (the
+TFLite one's rows do not depend on the batch either),
 Mahalanobis and adaptive thresholds go row by row and Half-Space Trees score a batch at
 once up to their next window pivot (their scores only change there). Rows must be
 finite: impute before.
@@ -78,16 +79,15 @@ class EnsembleConfig:
         hst_trees: Half-Space Trees' tree count.
         hst_height: Half-Space Trees' height.
         hst_margin: Limits are the prefix range widened by this many ranges each side.
-        epochs: Numpy autoencoder training steps (full-batch Adam).
-        autoencoder: ``"numpy"`` (per sensor, trained on the prefix) or ``"tflite"`` (a
-            shared label-free TFLite model, :mod:`models.ensemble_ae`, trained by
-            ``edgewatch train pump-ensemble-ae``; see :func:`check_member`).
+        epochs: Autoencoder training steps on the prefix (full-batch Adam): from the
+            seeded initial weights (numpy) or fine-tuning the shipped ones (TFLite; 0
+            scores with them as shipped).
+        autoencoder: ``"numpy"`` (trained on the prefix from seeded random weights by
+            :class:`~models.pump_detectors.DenseAutoencoder`; any channels) or
+            ``"tflite"`` (the shipped label-free TFLite model, fine-tuned on the prefix
+            by the interpreter, :mod:`models.ensemble_ae`; only for the channels it was
+            trained for, see :func:`check_member`; the pump flow's default).
         tflite_model: Artifact name or ``.tflite`` path of the ``"tflite"`` member.
-        ae_error: The ``"tflite"`` member's score: ``"sum"`` of the features' squared
-            errors, or ``"relative"``: each feature's squared error divided by its mean
-            over the sensor's prefix before the sum (a label-free per-sensor
-            standardisation: features the shared model reconstructs poorly on this
-            pump's normal rows weigh less).
         threshold: ``"prefix"``, ``"adaptive"`` or ``"fixed"``
             (:mod:`models.ensemble_thresholds`); the last two need row contexts.
         threshold_window: Adaptive: scores kept per context.
@@ -110,7 +110,6 @@ class EnsembleConfig:
     epochs: int = 600
     autoencoder: Literal["numpy", "tflite"] = "numpy"
     tflite_model: str = ENSEMBLE_AE
-    ae_error: Literal["sum", "relative"] = "sum"
     threshold: Literal["prefix", "adaptive", "fixed"] = "prefix"
     threshold_window: int = 512
     threshold_min_count: int = 64
@@ -122,11 +121,11 @@ class EnsembleConfig:
             (1 <= self.k <= len(DETECTORS), f"k must be in 1..{len(DETECTORS)}"),
             (self.train_rows >= max(20, 2 * self.smooth, 2 * self.folds), "train_rows too small"),
             (self.window >= 1 and self.smooth >= 1, "window and smooth must be at least 1"),
+            (self.epochs >= 0, "epochs must be >= 0"),
             (0.0 < self.q <= 1.0, "q must be in (0, 1]"),
             (self.autoencoder in {"numpy", "tflite"}, "autoencoder must be numpy or tflite"),
             (self.autoencoder == "numpy" or math.isinf(self.max_drift),
              "the tflite autoencoder needs every channel: max_drift must stay inf"),
-            (self.ae_error in {"sum", "relative"}, "ae_error must be sum or relative"),
             (self.threshold in THRESHOLD_MODES,
              f"threshold must be one of {', '.join(THRESHOLD_MODES)}"),
             (1 <= self.threshold_min_count <= self.threshold_window,
@@ -168,13 +167,12 @@ class PumpEnsemble(SnapshotState):
 
     @property
     def model_version(self) -> str:
-        """``pump-ensemble-1+ae:numpy``, or ``…+ae:tflite:<SHA-256, 12 digits>[:relative]``."""
+        """``pump-ensemble-1+ae:tflite:<SHA-256, 12 digits>:ft<steps>`` or ``…+ae:numpy``."""
         cfg = self.config
         if cfg.autoencoder == "numpy":
             return "pump-ensemble-1+ae:numpy"
         sha = TFLiteAutoencoder.metadata(cfg.tflite_model).sha256[:12]
-        return f"pump-ensemble-1+ae:tflite:{sha}" + (":relative" if cfg.ae_error == "relative"
-                                                     else "")  # fmt: skip
+        return f"pump-ensemble-1+ae:tflite:{sha}:ft{cfg.epochs}"
 
     @property
     def trained(self) -> bool:
@@ -218,7 +216,7 @@ class PumpEnsemble(SnapshotState):
             z = (feats[start:][:, fit["keep"]] - fit["mu"]) / fit["sd"]
             rest = ctx[start:]
             cols = (self._run_hst(z, rest), self._run_mahalanobis(z, rest),
-                    self._stream(2, self._ae_raw(z), rest))  # fmt: skip
+                    self._stream(2, fit["ae"].score_many(z), rest))  # fmt: skip
             for j, (sm, thr, fl) in enumerate(cols):
                 out_s[start:, j], out_t[start:, j], flags[start:, j] = sm, thr, fl
         votes = flags.sum(axis=1).astype(np.int64)
@@ -276,7 +274,7 @@ class PumpEnsemble(SnapshotState):
         hst = self._new_hst(z)
         hst_prefix = hst.score_learn_many(z)
         maha = EWMahalanobis().fit(z)
-        ae, ae_oos, ae_prefix, scale = self._fit_ae(z)
+        ae, ae_oos, ae_prefix = self._fit_ae(z)
         oos = [hst_prefix[hst.window_size :], self._folds(z, lambda p: EWMahalanobis().fit(p)),
                ae_oos]  # fmt: skip
         smoothed = [self._smoothed(np.full(cfg.smooth - 1, np.nan), s) for s in oos]
@@ -286,22 +284,28 @@ class PumpEnsemble(SnapshotState):
                        [contexts[hst.window_size :], contexts, contexts])  # fmt: skip
         tails = [hst_prefix, maha.score_many(z), ae_prefix]
         self._fit = {"keep": keep, "mu": mu, "sd": sd, "drift": drift, "hst": hst,
-                     "hst_learned": len(z), "mahalanobis": maha, "ae": ae, "ae_scale": scale,
+                     "hst_learned": len(z), "mahalanobis": maha, "ae": ae,
                      "thresholds": thresholds,
                      "buf": np.array([t[len(t) - cfg.smooth + 1 :] for t in tails])}  # fmt: skip
 
-    def _fit_ae(self, z: Floats) -> tuple[Any, Floats, Floats, Floats | None]:
-        """The autoencoder, its out-of-sample and in-sample prefix scores, its error scale."""
+    def _fit_ae(self, z: Floats) -> tuple[Any, Floats, Floats]:
+        """The autoencoder, its out-of-sample and its in-sample prefix scores.
+
+        Out of sample: each fold scored by a model trained on the other folds; the
+        shipped TFLite weights without fine-tuning never saw this prefix at all.
+        """
         cfg = self.config
-        if cfg.autoencoder == "tflite":  # shared and trained without this prefix: out of sample
-            ae = TFLiteAutoencoder(cfg.tflite_model)
-            err = ae.errors_many(z)
-            scale = np.maximum(err.mean(axis=0), 1e-12) if cfg.ae_error == "relative" else None
-            scores = (err if scale is None else err / scale).sum(axis=1)
-            return ae, scores, scores, scale
-        dense = DenseAutoencoder(cfg.seed, cfg.epochs).fit(z)
-        oos = self._folds(z, lambda part: DenseAutoencoder(cfg.seed, cfg.epochs).fit(part))
-        return dense, oos, dense.score_many(z), None
+
+        def new() -> TFLiteAutoencoder | DenseAutoencoder:
+            if cfg.autoencoder == "tflite":
+                return TFLiteAutoencoder(cfg.tflite_model, cfg.epochs)
+            return DenseAutoencoder(cfg.seed, cfg.epochs)
+
+        ae = new().fit(z)
+        inside = ae.score_many(z)
+        tuned = cfg.autoencoder == "numpy" or cfg.epochs > 0
+        oos = self._folds(z, lambda part: new().fit(part)) if tuned else inside
+        return ae, oos, inside
 
     def _new_hst(self, z: Floats) -> HalfSpaceTrees:
         cfg = self.config
@@ -327,15 +331,6 @@ class PumpEnsemble(SnapshotState):
         return out
 
     # -- scoring -------------------------------------------------------------------
-
-    def _ae_raw(self, z: Floats) -> Floats:
-        fit = self._fit
-        assert fit is not None
-        if self.config.autoencoder == "tflite":
-            out: Floats = fit["ae"].score_many(z, fit["ae_scale"])
-            return out
-        dense: Floats = fit["ae"].score_many(z)
-        return dense
 
     def _stream(
         self, j: int, raw: Floats, ctx: Sequence[Hashable], stop: int | None = None

@@ -1,18 +1,22 @@
-"""The pump ensemble's shared TFLite autoencoder member and the rows it is trained on.
+"""The pump ensemble's TFLite autoencoder member and the rows it is pretrained on.
 
 The ensemble (:mod:`models.ensemble`) standardises each sensor's features (trailing means
 of its channels) by the mean and standard deviation of its own training prefix. A model
-shared by every pump therefore learns in that standardised space, from *virtual
+pretrained for every pump therefore learns in that standardised space, from *virtual
 sensors*: :func:`virtual_sensors` cuts a long normal recording (SKAB's anomaly-free run)
 into overlapping stretches as long as a scored run, and standardises each by its own
 first ``prefix`` rows, exactly as a pump is standardised by its prefix. Rows a stretch
 has after its prefix show what a normal pump looks like once it has drifted from the
 level its prefix set.
 
-:class:`TFLiteAutoencoder` scores rows with such a model through :mod:`models.runtime`
-(batched invokes, the SHA-256 checked on load): the squared reconstruction error of each
-row, summed over its features, as :class:`~models.pump_detectors.DenseAutoencoder` does.
-It pickles to the model's path only; the interpreter is shared per process.
+:class:`TFLiteAutoencoder` is one pump's member: the shipped model (pretrained that way
+by ``edgewatch train pump-ensemble-ae``, :mod:`models.trainable_ae`) *fine-tuned on the
+pump's own prefix by the TFLite interpreter* (its ``train`` signature: full-batch Adam
+steps), then scoring rows by its ``infer`` signature: the squared reconstruction error of
+each row, summed over its features, as :class:`~models.pump_detectors.DenseAutoencoder`
+does. One interpreter per model file and process (SHA-256 checked on load) serves every
+pump: a pump's fine-tuned weights (98 floats for six features) are restored into it
+before it scores; they are all a member pickles, with the model's path.
 
 >>> x = np.arange(20.0).reshape(-1, 1)
 >>> parts = virtual_sensors(x, prefix=4, length=6, step=7)  # starts 0, 7, 14
@@ -22,13 +26,15 @@ It pickles to the model's path only; the interpreter is shared per process.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from models.runtime import ARTIFACTS, ModelMetadata, cached_model
+from models.runtime import ARTIFACTS, ModelMetadata, TFLiteModel
+from models.trainable_ae import SIGNATURES
 
 __all__ = ["ENSEMBLE_AE", "TFLiteAutoencoder", "standardise", "virtual_sensors"]
 
@@ -36,6 +42,7 @@ ENSEMBLE_AE = "pump_ensemble_ae"
 """The shipped member's artifact name (``models/artifacts/pump_ensemble_ae.tflite``)."""
 
 Floats = npt.NDArray[np.float64]
+Params = dict[str, npt.NDArray[np.float32]]
 
 
 def standardise(rows: Floats, prefix: Floats) -> Floats:
@@ -65,49 +72,100 @@ def _resolve(name_or_path: str | Path) -> Path:
     return path if path.suffix == ".tflite" else ARTIFACTS / f"{name_or_path}.tflite"
 
 
+class _Trainer:
+    """One interpreter of a trainable model: its signatures, shipped weights and a lock."""
+
+    def __init__(self, path: Path) -> None:
+        it = TFLiteModel.load(path).interpreter
+        missing = sorted(set(SIGNATURES) - set(it.get_signature_list()))
+        if missing:
+            msg = (f"{path} has no {', '.join(missing)} signature: it cannot be fine-tuned; "
+                   "retrain it with edgewatch train pump-ensemble-ae")  # fmt: skip
+            raise ValueError(msg)
+        self.run = {name: it.get_signature_runner(name) for name in SIGNATURES}
+        self.lock = threading.Lock()
+        self.shipped: Params = {k: np.array(v) for k, v in self.run["save"]().items()}
+        self.loaded: object = None  # whose weights the variables hold
+
+    def load(self, owner: object, params: Params) -> None:
+        """Put ``params`` into the variables unless ``owner``'s already are (hold the lock)."""
+        if self.loaded is not owner:
+            self.run["restore"](**params)
+            self.loaded = owner
+
+
+_TRAINERS: dict[str, _Trainer] = {}
+_TRAINERS_LOCK = threading.Lock()
+
+
+def _trainer(path: Path) -> _Trainer:
+    key = str(path.resolve())
+    with _TRAINERS_LOCK:
+        if key not in _TRAINERS:
+            _TRAINERS[key] = _Trainer(path)
+        return _TRAINERS[key]
+
+
 class TFLiteAutoencoder:
-    """A shared TFLite autoencoder over the ensemble's standardised features.
+    """One pump's TFLite autoencoder: the shipped model fine-tuned on the pump's rows.
 
     Args:
-        model: A shipped artifact's name or a ``.tflite`` path.
+        model: A shipped artifact's name or a ``.tflite`` path with the
+            :data:`~models.trainable_ae.SIGNATURES` (``edgewatch train pump-ensemble-ae``).
+        steps: Full-batch Adam steps of :meth:`fit`; 0 keeps the shipped weights.
+        lr: Adam learning rate.
+        l2: Weight decay on the weights.
     """
 
-    def __init__(self, model: str | Path = ENSEMBLE_AE) -> None:
+    def __init__(
+        self, model: str | Path = ENSEMBLE_AE, steps: int = 600, lr: float = 3e-3,
+        l2: float = 1e-4,
+    ) -> None:  # fmt: skip
         self.path = _resolve(model)
+        self.steps, self.lr, self.l2 = steps, lr, l2
+        self.params: Params | None = None  # None: the shipped weights
 
     @staticmethod
     def metadata(model: str | Path = ENSEMBLE_AE) -> ModelMetadata:
         """The model's metadata JSON, read without loading the model."""
         return ModelMetadata.read(_resolve(model).with_suffix(".json"))
 
-    @property
-    def sha256(self) -> str:
-        """SHA-256 of the model file (checked when it is loaded)."""
-        return cached_model(self.path).metadata.sha256
+    def fit(self, z: Floats) -> TFLiteAutoencoder:
+        """Fine-tune the shipped weights on the rows ``z`` in the interpreter; returns self."""
+        if not self.steps:
+            self.params = None
+            return self
+        t = _trainer(self.path)
+        x = np.ascontiguousarray(z, dtype=np.float32)
+        lr, l2 = np.float32(self.lr), np.float32(self.l2)
+        with t.lock:
+            t.run["restore"](**t.shipped)
+            for _ in range(self.steps):
+                t.run["train"](x=x, lr=lr, l2=l2)
+            self.params = {k: np.array(v) for k, v in t.run["save"]().items()}
+            t.loaded = self
+        return self
 
-    def errors_many(self, z: Floats) -> Floats:
-        """``(n, d)`` squared reconstruction error of each feature of each row."""
-        if not len(z):
-            return np.zeros((0, z.shape[1]))
-        rec = cached_model(self.path).predict(z).astype(np.float64)
-        out: Floats = (rec - z.astype(np.float32).astype(np.float64)) ** 2
-        return out
-
-    def score_many(self, z: Floats, scale: Floats | None = None) -> Floats:
-        """Squared reconstruction error of each row, summed over the features.
-
-        With ``scale``, each feature's error is divided by it first
-        (``EnsembleConfig.ae_error="relative"``).
-        """
-        err = self.errors_many(z)
-        out: Floats = (err if scale is None else err / scale).sum(axis=1)
+    def score_many(self, z: Floats) -> Floats:
+        """Squared reconstruction error of each row, summed over the features."""
+        x = np.ascontiguousarray(z, dtype=np.float32)
+        if not len(x):
+            return np.zeros(0)
+        t = _trainer(self.path)
+        with t.lock:
+            t.load(self, t.shipped if self.params is None else self.params)
+            rec = t.run["infer"](x=x)["rec"]
+        out: Floats = ((rec.astype(np.float64) - x.astype(np.float64)) ** 2).sum(axis=1)
         return out
 
     def state(self) -> dict[str, Any]:
-        """The model's path (the interpreter is looked up, not pickled)."""
-        return {"path": str(self.path)}
+        """The model's path, the training settings and the fine-tuned weights."""
+        return {"path": str(self.path), "steps": self.steps, "lr": self.lr, "l2": self.l2,
+                "params": self.params}  # fmt: skip
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TFLiteAutoencoder:
         """The member :meth:`state` describes."""
-        return cls(state["path"])
+        ae = cls(state["path"], state["steps"], state["lr"], state["l2"])
+        ae.params = state["params"]
+        return ae

@@ -188,14 +188,7 @@ class DenseAutoencoder:
 
     def fit(self, z: Floats) -> DenseAutoencoder:
         """Train on the rows ``z``; returns self."""
-        rng = np.random.default_rng(self.seed)
-        d = z.shape[1]
-        h, b = max(4, d // 2 + 2), max(2, d // 4 + 1)
-        sizes = [d, h, b, h, d]
-        self.weights = [
-            rng.normal(0, np.sqrt(1 / i), (i, o)) for i, o in zip(sizes, sizes[1:], strict=False)
-        ]
-        self.biases = [np.zeros(o) for o in sizes[1:]]
+        self.weights, self.biases = self.initial(self.seed, z.shape[1])
         params = self.weights + self.biases
         m1 = [np.zeros_like(p) for p in params]
         m2 = [np.zeros_like(p) for p in params]
@@ -215,6 +208,17 @@ class DenseAutoencoder:
                 step = (m1[i] / (1 - 0.9**it)) / (np.sqrt(m2[i] / (1 - 0.999**it)) + 1e-8)
                 params[i] -= self.lr * step
         return self
+
+    @staticmethod
+    def initial(seed: int, d: int) -> tuple[list[Floats], list[Floats]]:
+        """The seeded initial weights and (zero) biases for ``d`` features."""
+        rng = np.random.default_rng(seed)
+        h, b = max(4, d // 2 + 2), max(2, d // 4 + 1)
+        sizes = [d, h, b, h, d]
+        weights = [
+            rng.normal(0, np.sqrt(1 / i), (i, o)) for i, o in zip(sizes, sizes[1:], strict=False)
+        ]
+        return weights, [np.zeros(o) for o in sizes[1:]]
 
     def _forward(self, z: Floats, *, exact: bool) -> list[Floats]:
         acts = [z]

@@ -1,4 +1,4 @@
-"""``edgewatch train pump-ensemble-ae``: the pump ensemble's shared TFLite autoencoder.
+"""``edgewatch train pump-ensemble-ae``: pretrain the pump ensemble's TFLite autoencoder.
 
 Needs the ``train`` extra (TensorFlow, tf-keras). Label-free by construction: it reads
 no ``anomaly`` or ``changepoint`` column.
@@ -21,9 +21,13 @@ mean over ``window`` rows of each of its channels, standardised by a sensor's fi
   training rows at the time of an alert confirmed ``true_positive`` are dropped. The
   metadata's ``feedback`` section says how many records were used and ignored, and why.
 
-The model is the seed's dense autoencoder, ``d-8-4-8-d`` with ReLU and a linear
-output, mean squared error, Adam. It is written as ``pump_ensemble_ae.tflite`` (builtin
-ops only), ``.json`` metadata and ``_reference.npz``, like the other artifacts.
+The model is the numpy member's dense autoencoder
+(:class:`~models.pump_detectors.DenseAutoencoder`: ``d-h-b-h-d`` tanh, linear output,
+its seeded initial weights) pretrained by ``epochs`` full-batch Adam steps of its own
+``train`` signature (:mod:`models.trainable_ae`), so each pump fine-tunes it on the
+device exactly as it was pretrained. It is written as ``pump_ensemble_ae.tflite``
+(builtin ops only, signatures ``infer``/``train``/``save``/``restore``), ``.json``
+metadata and ``_reference.npz`` (``infer`` outputs), like the other artifacts.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ import orjson
 
 from models.ensemble_ae import ENSEMBLE_AE, standardise, virtual_sensors
 from models.feedback_data import FeedbackSet, LabelledAlert, read_feedback
-from models.pump_detectors import SKAB_PUMP_CHANNELS, trailing_mean
+from models.pump_detectors import SKAB_PUMP_CHANNELS, DenseAutoencoder, trailing_mean
 from models.runtime import ARTIFACTS, sha256_file
-from models.train import SKAB, _fit, _keras, _write, convert, dense_autoencoder
+from models.train import SKAB, _keras, _write
+from models.trainable_ae import SIGNATURES, build, pretrain, to_tflite
 
 __all__ = ["Prefix", "read_prefixes", "train_ensemble_ae", "train_ensemble_command"]
 
@@ -155,7 +160,7 @@ def train_ensemble_ae(
     window: int = 10,
     length: int = 1150,
     step: int = 100,
-    epochs: int = 20,
+    epochs: int = 2000,
     seed: int = 0,
     feedback_weight: int = 10,
     name: str = ENSEMBLE_AE,
@@ -165,8 +170,7 @@ def train_ensemble_ae(
     ``out_dir=None`` trains and measures only (no conversion, nothing written);
     ``feedback_weight=0`` measures the confirmed false positives without training on them.
     """
-    keras = _keras()
-    keras.utils.set_random_seed(seed)
+    _keras()  # TensorFlow, configured (threads, determinism), or a message what to install
     x, _ = read_columns(data, channels)
     f = features(x, window)
     cut = int(0.85 * len(f))
@@ -181,10 +185,9 @@ def train_ensemble_ae(
     fp_rows, used_fp = _feedback_rows(fb, pre, channels, window)
     kept, used_tp = _drop_true_positives(fb, pre)
     parts = [train, *kept.values(), *([fp_rows] * feedback_weight)]
-    rows = np.concatenate(parts).astype(np.float32)
-    model = dense_autoencoder(keras, len(channels), 4)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    _fit(model, rows, rows, epochs, 256, seed)
+    rows = np.concatenate(parts)
+    model = build(*DenseAutoencoder.initial(seed, len(channels)))
+    pretrain(model, rows, epochs)
     err = _errors(model, held)
     threshold = float(np.quantile(err, 0.99))
     metrics = {
@@ -209,6 +212,14 @@ def train_ensemble_ae(
         "threshold": threshold,
         "score": "sum over features of the squared reconstruction error; threshold: 0.99 "
         "quantile on held-out virtual sensors (the ensemble sets its own per sensor)",
+        "signatures": list(SIGNATURES),
+        "fine_tune": "per pump on the device: restore the shipped weights, then full-batch "
+        "Adam steps of the train signature on the pump's standardised prefix",
+        "architecture": "-".join(
+            str(n)
+            for n in [len(channels)]
+            + [w.shape[1] for w in DenseAutoencoder.initial(seed, len(channels))[0]]
+        ),
         "training_data": _digest(data, list(pre), prefixes, feedback, length, step),
         "feedback": fb.summary(used_fp, used_tp),
         "seed": seed,
@@ -216,14 +227,16 @@ def train_ensemble_ae(
         "label_free": True,
     }
     if out_dir is not None:
-        ref = (held[:16].astype(np.float32), model.predict(held[:16].astype(np.float32), verbose=0))
-        _write(out_dir, name, convert(model, None), {**meta, "metrics": metrics}, ref)
+        ref = held[:16].astype(np.float32)
+        _write(out_dir, name, to_tflite(model), {**meta, "metrics": metrics},
+               (ref, model.infer(ref)["rec"].numpy()))  # fmt: skip
     return {**meta, "metrics": metrics}
 
 
 def _errors(model: Any, z: npt.NDArray[np.floating[Any]]) -> Floats:
-    rec = model.predict(z.astype(np.float32), verbose=0, batch_size=8192)
-    out: Floats = ((rec - z.astype(np.float32)) ** 2).sum(axis=1).astype(np.float64)
+    x = z.astype(np.float32)
+    rec = model.infer(x)["rec"].numpy()
+    out: Floats = ((rec - x) ** 2).sum(axis=1).astype(np.float64)
     return out
 
 
@@ -248,7 +261,7 @@ def train_ensemble_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else ARTIFACTS
     meta = train_ensemble_ae(
         out, prefixes=[Path(p) for p in args.prefixes or ()],
-        feedback=[Path(p) for p in args.feedback or ()], epochs=args.epochs or 20,
+        feedback=[Path(p) for p in args.feedback or ()], epochs=args.epochs or 2000,
         window=args.window or 10, seed=args.seed,
     )  # fmt: skip
     fb, m = meta["feedback"], meta["metrics"]

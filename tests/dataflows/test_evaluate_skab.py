@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from dataflows.evaluate_skab import read_skab_file
+from models.runtime import ARTIFACTS, ModelMetadata
 from tests.dataflows.test_cli import DATA, edgewatch, needs_data
 
 
@@ -69,17 +70,23 @@ def test_score_ensemble_on_a_univariate_csv(tmp_path: Path) -> None:
 def test_evaluate_with_the_tflite_member_and_adaptive_thresholds(tmp_path: Path) -> None:
     shutil.copy(DATA / "skab" / "valve1" / "1.csv", tmp_path / "1.csv")
     runs = {}
-    for extra in ([], ["--autoencoder", "tflite", "--threshold", "adaptive", "--context",
-                       "season,hour"], ["--threshold", "fixed"]):  # fmt: skip
+    for extra in ([], ["--autoencoder", "numpy", "--threshold", "adaptive", "--context",
+                       "season,hour"], ["--threshold", "fixed", "--ae-steps", "0"],
+                  ["--train-rows", "300"]):  # fmt: skip
         done = edgewatch("evaluate", "--dataset", "skab", str(tmp_path), *extra)
-        runs[" ".join(extra)] = orjson.loads(done.stdout.strip().splitlines()[-1])
-    plain, tfl, fixed = runs.values()
-    assert plain["model_version"] == "pump-ensemble-1+ae:numpy" and plain["threshold"] == "prefix"
-    assert tfl["model_version"].startswith("pump-ensemble-1+ae:tflite:")
-    assert (tfl["threshold"], tfl["context"]) == ("adaptive", ["season", "hour"])
+        runs[" ".join(extra)] = (orjson.loads(done.stdout.strip().splitlines()[-1]), done.stderr)
+    (plain, _), (numpy_, _), (fixed, _), (short, said) = runs.values()
+    sha = ModelMetadata.read(ARTIFACTS / "pump_ensemble_ae.json").sha256[:12]
+    assert plain["model_version"] == f"pump-ensemble-1+ae:tflite:{sha}:ft600"
+    assert plain["threshold"] == "prefix"
+    assert numpy_["model_version"] == "pump-ensemble-1+ae:numpy"
+    assert (numpy_["threshold"], numpy_["context"]) == ("adaptive", ["season", "hour"])
     assert (fixed["threshold"], fixed["context"]) == ("fixed", ["season", "hour"])
-    assert plain["results"]["autoencoder"] != tfl["results"]["autoencoder"]
+    assert fixed["model_version"].endswith(":ft0")
+    assert plain["results"]["autoencoder"] != fixed["results"]["autoencoder"]
     assert plain["results"]["mahalanobis"] != fixed["results"]["mahalanobis"]  # x0.95 in March
+    # the shipped model was trained for 400-row prefixes: 300 falls back to numpy, said so
+    assert short["model_version"] == "pump-ensemble-1+ae:numpy" and "prefix 400" in said
     bad = edgewatch("evaluate", "--dataset", "skab", str(tmp_path), "--autoencoder", "tflite",
                     "--tflite-model", str(tmp_path / "none.tflite"), check=False)  # fmt: skip
     assert bad.returncode == 2 and "none.json" in bad.stderr

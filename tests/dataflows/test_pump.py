@@ -76,7 +76,8 @@ def test_alerts_carry_every_vote_are_stable_and_audited(tmp_path: Path) -> None:
     audit = lines(tmp_path / "audit" / "audit.jsonl")
     assert sorted(a["alert_id"] for a in audit) == sorted(a["alert_id"] for a in alerts + incidents)
     assert all(a["delivered_to"] == ["jsonl"] for a in audit)
-    assert {a["model_version"] for a in audit} == {"pump-ensemble-1+ae:numpy"}
+    assert {a["model_version"] for a in audit} == {PumpEnsemble(ensemble_config(s)).model_version}
+    assert audit[0]["model_version"].endswith(":ft600")  # the TFLite member, fine-tuned
 
     # a second run gives the same alert ids (a replay can be deduped)
     again: list[Alert] = []

@@ -142,11 +142,15 @@ class OnlineMahalanobis(SnapshotState):
         self.learn_many(np.asarray(x, dtype=np.float64).reshape(1, -1))
 
     def score_many(self, X: npt.ArrayLike) -> Floats:
-        """Distances of the rows of ``X`` (``(n, d)``), without learning them."""
+        """Distances of the rows of ``X`` (``(n, d)``), without learning them.
+
+        A row holding a NaN or an infinity scores NaN (quietly: no ``RuntimeWarning``).
+        """
         if not self.ready:
             return np.zeros(len(np.asarray(X)))
         centred = self._matrix(X) - self._mean
-        result: Floats = np.linalg.norm(centred @ self._whitening(), axis=1)
+        with np.errstate(invalid="ignore"):
+            result: Floats = np.linalg.norm(centred @ self._whitening(), axis=1)
         return result
 
     def score_one(self, x: npt.ArrayLike) -> float:

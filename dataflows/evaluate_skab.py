@@ -184,7 +184,7 @@ def _table(report: dict[str, Any], detector: str) -> str:
         mark = " *" if name == f"{report['k']}-of-3" else ""
         lines.append(f"{name + mark:<14}{r['f1']:>7.3f}{r['far']:>8.1f}{r['mar']:>8.1f}"
                      f"{r['tp']:>7}{r['fp']:>7}{r['fn']:>7}")  # fmt: skip
-    lines.append(f"channels: {', '.join(report['channels'])}")
+    lines.append(f"channels: {', '.join(report['channels'])}; model {report['model_version']}")
     lines.append(f"{report['files']} files, {report['scored_rows']} scored rows, "
                  f"fit {report['fit_s_per_file']} s/file, {report['us_per_row']} µs/row "
                  f"streamed, state {report['state_bytes_per_sensor']} B/sensor "

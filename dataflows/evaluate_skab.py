@@ -160,15 +160,14 @@ def evaluate(
 def _config(
     channels: tuple[str, ...], k: int, train_rows: int, ensemble: dict[str, Any]
 ) -> EnsembleConfig:
-    if "autoencoder" in ensemble:
-        config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows, **ensemble)
-        check_member(config)
-        return config
-    config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows, autoencoder="tflite",
-                            **ensemble)  # fmt: skip
+    chosen = "autoencoder" in ensemble
+    config = EnsembleConfig(channels=channels, k=k, train_rows=train_rows,
+                            **{"autoencoder": "tflite", **ensemble})  # fmt: skip
     try:
         check_member(config)
     except ValueError as exc:
+        if chosen:
+            raise
         sys.stderr.write(f"using the numpy autoencoder: {exc}\n")
         return dataclasses.replace(config, autoencoder="numpy")
     return config

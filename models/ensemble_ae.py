@@ -124,6 +124,13 @@ class TFLiteAutoencoder:
         self.path = _resolve(model)
         self.steps, self.lr, self.l2 = steps, lr, l2
         self.params: Params | None = None  # None: the shipped weights
+        self._runner: _Trainer | None = None  # looked up once, never pickled
+
+    @property
+    def _trainer(self) -> _Trainer:
+        if self._runner is None:
+            self._runner = _trainer(self.path)
+        return self._runner
 
     @staticmethod
     def metadata(model: str | Path = ENSEMBLE_AE) -> ModelMetadata:
@@ -135,7 +142,7 @@ class TFLiteAutoencoder:
         if not self.steps:
             self.params = None
             return self
-        t = _trainer(self.path)
+        t = self._trainer
         x = np.ascontiguousarray(z, dtype=np.float32)
         lr, l2 = np.float32(self.lr), np.float32(self.l2)
         with t.lock:
@@ -151,7 +158,7 @@ class TFLiteAutoencoder:
         x = np.ascontiguousarray(z, dtype=np.float32)
         if not len(x):
             return np.zeros(0)
-        t = _trainer(self.path)
+        t = self._trainer
         with t.lock:
             t.load(self, t.shipped if self.params is None else self.params)
             rec = t.run["infer"](x=x)["rec"]

@@ -186,7 +186,8 @@ def train_ensemble_ae(
     kept, used_tp = _drop_true_positives(fb, pre)
     parts = [train, *kept.values(), *([fp_rows] * feedback_weight)]
     rows = np.concatenate(parts)
-    model = build(*DenseAutoencoder.initial(seed, len(channels)))
+    weights, biases = DenseAutoencoder.initial(seed, len(channels))
+    model = build(weights, biases)
     pretrain(model, rows, epochs)
     err = _errors(model, held)
     threshold = float(np.quantile(err, 0.99))
@@ -215,11 +216,7 @@ def train_ensemble_ae(
         "signatures": list(SIGNATURES),
         "fine_tune": "per pump on the device: restore the shipped weights, then full-batch "
         "Adam steps of the train signature on the pump's standardised prefix",
-        "architecture": "-".join(
-            str(n)
-            for n in [len(channels)]
-            + [w.shape[1] for w in DenseAutoencoder.initial(seed, len(channels))[0]]
-        ),
+        "architecture": "-".join(str(n) for n in [len(channels), *(len(b) for b in biases)]),
         "training_data": _digest(data, list(pre), prefixes, feedback, length, step),
         "feedback": fb.summary(used_fp, used_tp),
         "seed": seed,

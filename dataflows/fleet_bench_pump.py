@@ -10,8 +10,9 @@ before its fault (``u`` drawn in ``[20, 80]`` from ``--seed``, so its first 100 
 hold normal ones then the fault's start) and is run twice on the same readings: from
 the fleet prior, and as a plain ensemble waiting for its 400-row prefix.
 
-Reported: recall of labelled readings and false-alarm rate over the joining pumps' first
-100 readings, with and without the prior; for comparison the warmed-up pumps (the
+Reported: recall of labelled readings, false-alarm rate and the share of episodes (runs
+of labelled readings) with at least one alert over the joining pumps' first 100
+readings, with and without the prior; for comparison the warmed-up pumps (the
 fleet's own, past their prefix): over every scored normal row, and on the same 100
 readings of the same files. The last line is one JSON object.
 
@@ -53,9 +54,15 @@ def _alerts(model: PumpEnsemble, x: npt.NDArray[np.float64]) -> Bools:
 
 
 def _count(alerts: Bools, labels: Bools) -> npt.NDArray[np.int64]:
-    """``[caught, labelled, false alarms, normal]``."""
+    """``[caught, labelled, false alarms, normal, episodes caught, episodes]``.
+
+    An episode is a run of labelled readings; it is caught when one of them alerts.
+    """
+    edges = np.diff(np.concatenate([[0], labels.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    hit = [bool(alerts[a:b].any()) for a, b in zip(starts, ends, strict=True)]
     return np.array([(alerts & labels).sum(), labels.sum(), (alerts & ~labels).sum(),
-                     (~labels).sum()], dtype=np.int64)  # fmt: skip
+                     (~labels).sum(), sum(hit), len(hit)], dtype=np.int64)  # fmt: skip
 
 
 def pump_bench(config: EnsembleConfig, files: list[Path], *, nodes: int = 3, folds: int = 4,
@@ -70,7 +77,7 @@ def pump_bench(config: EnsembleConfig, files: list[Path], *, nodes: int = 3, fol
     rng = np.random.default_rng(seed)
     starts = [int(np.flatnonzero(y)[0]) - int(rng.integers(20, 81)) for _, y in pumps]
     fold_of = rng.permutation(len(pumps)) % folds
-    tally = {name: np.zeros(4, np.int64) for name in ("with", "without", "warm", "warm_same")}
+    tally = {name: np.zeros(6, np.int64) for name in ("with", "without", "warm", "warm_same")}
     sizes: list[int] = []
     fleets: list[int] = []
     for fold in range(folds):
@@ -111,7 +118,7 @@ def _nodes(config: EnsembleConfig, nodes: int) -> list[PumpNode]:
             for n in range(nodes)]  # fmt: skip
 
 
-def pump_sim_bench(config: EnsembleConfig, *, pumps: int = 12, new: int = 8, nodes: int = 3,
+def pump_sim_bench(config: EnsembleConfig, *, pumps: int = 12, new: int = 40, nodes: int = 3,
                    readings: int = 1000, seed: int = 7,
                    q: float | None = None) -> dict[str, Any]:  # fmt: skip
     """The same comparison on simulated pumps (:mod:`sources.pump_sim`).
@@ -126,7 +133,8 @@ def pump_sim_bench(config: EnsembleConfig, *, pumps: int = 12, new: int = 8, nod
     columns = [FIELDS.index(c) for c in config.channels]
     warm_sim = PumpSim(PumpSimConfig(pumps=pumps, readings=readings, seed=seed, kinds=SIM_KINDS))
     accs = _nodes(config, nodes)
-    tally = {name: np.zeros(4, np.int64) for name in ("with", "without", "warm")}
+    tally = {name: np.zeros(6, np.int64) for name in ("with", "without", "warm")}
+    kinds_caught = {kind: np.zeros(2, np.int64) for kind in SIM_KINDS}
     for i in range(pumps):
         warm = FleetPump(config)
         warm.node = accs[i % nodes]
@@ -140,18 +148,24 @@ def pump_sim_bench(config: EnsembleConfig, *, pumps: int = 12, new: int = 8, nod
     for i in range(new):
         x, kinds = new_sim.matrix(i)
         x, y = x[:, columns], kinds != ""
-        tally["with"] += _count(_alerts(FleetPump(config, prior), x), y)
+        alerts = _alerts(FleetPump(config, prior), x)
+        tally["with"] += _count(alerts, y)
         tally["without"] += _count(_alerts(PumpEnsemble(config), x), y)
+        for kind, acc in kinds_caught.items():
+            acc += [(alerts & (kinds == kind)).sum(), (kinds == kind).sum()]
     return {"source": "sim", "pumps": pumps + new, "new": new, "nodes": nodes, "folds": 1,
             "seed": seed, "q": q, "summary_bytes": max(sizes), "fleet_bytes": fleet_bytes,
-            **{name: _doc(t) for name, t in tally.items()}}  # fmt: skip
+            **{name: _doc(t) for name, t in tally.items()},
+            "with_by_kind": {kind: round(int(c) / max(int(n), 1), 4)
+                             for kind, (c, n) in kinds_caught.items()}}  # fmt: skip
 
 
 def _doc(t: npt.NDArray[np.int64]) -> dict[str, Any]:
-    caught, labelled, false, normal = (int(v) for v in t)
+    caught, labelled, false, normal, found, episodes = (int(v) for v in t)
     return {"recall": round(caught / max(labelled, 1), 4),
             "false_alarm_rate": round(false / max(normal, 1), 5),
-            "labelled": labelled, "normal": normal}  # fmt: skip
+            "labelled": labelled, "normal": normal,
+            "episode_recall": round(found / max(episodes, 1), 4), "episodes": episodes}  # fmt: skip
 
 
 def _table(result: dict[str, Any], out: TextIO) -> None:
@@ -161,10 +175,14 @@ def _table(result: dict[str, Any], out: TextIO) -> None:
         ("warmed-up pumps, every scored normal row", lambda: result["warm"]),
         (f"warmed-up pumps, the same {FIRST} readings", lambda: result["warm_same"]),
     ][: 4 if "warm_same" in result else 3]
-    out.write(f"{'':50} {'recall':>7} {'false alarms':>13}\n")
+    out.write(f"{'':50} {'recall':>7} {'false alarms':>13} {'episodes caught':>16}\n")
     for name, get in rows:
         d = get()
-        out.write(f"{name:50} {d['recall']:7.3f} {100 * d['false_alarm_rate']:12.3f}%\n")
+        out.write(f"{name:50} {d['recall']:7.3f} {100 * d['false_alarm_rate']:12.3f}% "
+                  f"{d['episode_recall']:16.3f}\n")  # fmt: skip
+    if "with_by_kind" in result:
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in result["with_by_kind"].items())
+        out.write(f"recall by kind, fleet prior: {kinds}\n")
     r = result
     out.write(f"summaries: node {r['summary_bytes']:,} B, fleet {r['fleet_bytes']:,} B (limit "
               f"65,536 B), {r['pumps']} pumps in {r['folds']} folds\n")  # fmt: skip
@@ -174,7 +192,7 @@ def pump_bench_command(args: argparse.Namespace, out: TextIO) -> int:
     """Run :func:`pump_bench` (or :func:`pump_sim_bench`); print a table, then JSON."""
     config = ensemble_config(Settings.load(args.config))
     if args.source == "sim":
-        result = pump_sim_bench(config, pumps=args.sensors or 12, new=args.new or 8,
+        result = pump_sim_bench(config, pumps=args.sensors or 12, new=args.new or 40,
                                 nodes=args.nodes, seed=args.seed, q=args.q)  # fmt: skip
         _table(result, out)
         out.write(orjson.dumps(result).decode() + "\n")

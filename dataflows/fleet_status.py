@@ -51,7 +51,7 @@ def add_fleet_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     b.add_argument("--sensors", type=int, help="warm fleet (default 60; pump sim: 12)")
     b.add_argument("--nodes", type=int, default=3, help="nodes it is spread over (default 3)")
-    b.add_argument("--new", type=int, help="sensors joining (default 40; pump sim: 8)")
+    b.add_argument("--new", type=int, help="sensors joining (default 40)")
     b.add_argument("--days", type=float, default=2.0, help="warm-up days (default 2)")
     b.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
     b.add_argument(

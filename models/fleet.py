@@ -60,7 +60,7 @@ from models.thresholds import AdaptiveThreshold
 __all__ = ["drift", "hst_prior", "mahalanobis_prior", "merge", "summarise", "threshold_prior"]
 
 Model = HalfSpaceTrees | OnlineMahalanobis | AdaptiveThreshold
-_COUNTS = ("windows", "size", "buckets", "pumps")  # meta that is data, not parameters
+_COUNTS = ("windows", "size", "buckets", "pumps", "pairs")  # meta that is data, not parameters
 
 
 def summarise(

@@ -2,24 +2,30 @@
 
 A pump's ensemble (:class:`~models.ensemble.PumpEnsemble`) waits for a 400-row training
 prefix before it judges anything. Pumps of one group share the shape of their normal
-noise, not their levels, so a fleet prior here is the *within-pump* covariance of the
-ensemble's features (the causal trailing means), pooled over the fleet, plus a
-threshold from the fleet's scores:
+noise, not their levels, so a fleet prior here is the *within-pump* law of raw rows, a
+first-order vector autoregression (:class:`~models.pump_var.VarModel`) pooled over the
+fleet, plus a threshold from the fleet's scores:
 
-- Each :class:`FleetPump` keeps an :class:`~models.mahalanobis.OnlineMahalanobis` of its
-  normal feature rows (prefix rows, then rows nothing alerted on) and adds every row it
-  learns to its node's :class:`PumpNode`: the rows themselves (raw mean and co-moment of
-  the node's union, Chan's merge) and the growth of its own co-moment (so the node sums
-  each pump's co-moment about its *own* mean: the pooled within-pump co-moment).
-- Its *local score* of a row is the Mahalanobis distance of the features from the pump's
-  own running normal mean under the pooled within-pump covariance (shrunk toward its
-  diagonal), smoothed by the ensemble's ``smooth``. A pump adds the local scores of its
-  normal rows to the node's KLL sketch (:mod:`models.sketch`) once a covariance is
-  settled (the fleet prior's, or the node's own past ``settle`` rows); the node's summary
-  carries the scores of its last two publishing periods.
-- A ``"pump"`` summary carries ``mean``/``m2`` (raw, Chan), ``within`` (summed), the
-  ``sketch``, and ``pumps``; merging is exact for the moments and within DataSketches'
-  error for the sketch, in any order (:func:`pump_merge`).
+- Each :class:`FleetPump` keeps the running mean and co-moment of its normal raw rows
+  (prefix rows, then rows nothing alerted on) and the lag-1 co-moment of its pairs of
+  consecutive normal rows, and adds every row it learns to its node's
+  :class:`PumpNode`: the rows themselves (raw mean and co-moment of the node's union,
+  Chan's merge) and the growth of its own co-moments (so the node sums each pump's
+  co-moments about its *own* means: the pooled within-pump covariance ``C0`` and lag-1
+  cross-covariance ``C1``).
+- Its *local score* of a row is ``sqrt(max(innovation, level))`` of
+  :class:`~models.pump_var.VarModel` about the pump's own running normal mean: the row
+  against its prediction from the last normal row (or, when that is further back than
+  the previous row, the lower of that and the one-step prediction from the previous
+  row, so one flagged row does not make its successor look odd), and the mean of the
+  row and the ``LEVEL_WINDOW - 1`` normal rows before it against the mean of the pump's
+  earlier normal rows. A pump adds the local scores of its normal rows to the node's KLL
+  sketch (:mod:`models.sketch`) once a model is settled (the fleet prior's, or the
+  node's own past ``settle`` rows); the node's summary carries the scores of its last
+  two publishing periods.
+- A ``"pump"`` summary carries ``mean``/``m2`` (raw, Chan), ``within`` and ``lag``
+  (summed), the ``sketch``, ``pumps`` and ``pairs``; merging is exact for the moments
+  and within DataSketches' error for the sketch, in any order (:func:`pump_merge`).
 - A pump the node has never seen starts with a :class:`PumpPrior`: until its own
   ensemble is trained, a row is judged by the local score against the fleet's ``q``
   quantile of local scores (once the pump has ``window`` normal rows for its mean), and
@@ -42,20 +48,29 @@ import numpy.typing as npt
 from models import sketch
 from models.ensemble import EnsembleConfig, EnsembleScores, PumpEnsemble
 from models.mahalanobis import OnlineMahalanobis
-from models.pump_detectors import trailing_mean
+from models.pump_var import LagMoments, VarModel, trim_limit
 from models.summaries import Summary, decode_like, fingerprint
 
-__all__ = ["MODEL_VERSION", "SHRINKAGE", "FleetPump", "PumpNode", "PumpPrior", "pump_merge",
-           "pump_template"]  # fmt: skip
+__all__ = ["LEVEL_WINDOW", "MODEL_VERSION", "TRIM", "FleetPump", "PumpNode", "PumpPrior",
+           "pump_merge", "pump_template"]  # fmt: skip
 
-MODEL_VERSION = "pump-moments/1"
+MODEL_VERSION = "pump-moments/2"
 """``model_version`` of pump summaries (bump when what they hold changes)."""
 SKETCH_K = 800
 """KLL ``k`` of the local-score sketches: the threshold is a tail quantile, so a finer
 sketch than DataSketches' default (rank error about 0.4 % instead of 1.33 %)."""
-SHRINKAGE = 0.1
-"""Weight of the diagonal in the pooled within-pump covariance (scale-free shrinkage)."""
+LEVEL_WINDOW = 5
+"""Rows whose mean the level score compares with the pump's earlier normal rows."""
+SCALE_ROWS = 400
+"""One-step innovation scores a pump's noise scale is read from (the latest)."""
+SCALE_PRIOR = 10
+"""Rows' worth of weight the fleet's noise scale (1) keeps in a pump's scale."""
+TRIM = 1e-4  # trim_limit's default
+"""Chi-square tail beyond which a row the ensemble let pass is not learned by the fleet
+side (nor its score sketched): faults the ensemble missed would lift the fleet's
+threshold quantile."""
 Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
 
 
 def _full(tri: Floats, d: int) -> Floats:
@@ -67,21 +82,20 @@ def _full(tri: Floats, d: int) -> Floats:
 def pump_template(config: EnsembleConfig, *, flow: str, node: str, group: str) -> Summary:
     """An empty pump summary of pumps with ``config``: what every summary must match."""
     d = len(config.channels)
-    params = {"d": d, "channels": list(config.channels), "window": config.window,
-              "smooth": config.smooth, "within_shrinkage": SHRINKAGE, "shrinkage": 0.0,
-              "ridge": 1e-9,
+    params = {"d": d, "channels": list(config.channels), "min_rows": config.window,
+              "level_window": LEVEL_WINDOW, "shrinkage": 0.0, "ridge": 1e-9,
               "min_samples": 2, "k": SKETCH_K}  # fmt: skip
     empty = sketch.sketch_of([], SKETCH_K).serialize()
     arrays: dict[str, npt.NDArray[Any]] = {"mean": np.zeros(d), "m2": np.zeros(math.comb(d + 1, 2)),
-              "within": np.zeros(math.comb(d + 1, 2)),
+              "within": np.zeros(math.comb(d + 1, 2)), "lag": np.zeros(d * d),
               "sketch": np.frombuffer(empty, np.uint8)}  # fmt: skip
     return Summary("pump", flow, node, group, MODEL_VERSION, fingerprint("pump", params), 0,
                    datetime.now(timezone.utc).replace(microsecond=0),
-                   {**params, "pumps": 0, "size": len(empty)}, arrays)  # fmt: skip
+                   {**params, "pumps": 0, "pairs": 0, "size": len(empty)}, arrays)  # fmt: skip
 
 
 def pump_merge(parts: Sequence[Summary]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The merged arrays and the meta counts (``pumps``, ``size``) of pump summaries."""
+    """The merged arrays and the meta counts (``pumps``, ``pairs``, ``size``) of summaries."""
     d = int(parts[0].meta["d"])
     raw = OnlineMahalanobis.merged(*(_raw(p, d) for p in parts))
     state = raw.state()
@@ -90,8 +104,9 @@ def pump_merge(parts: Sequence[Summary]) -> tuple[dict[str, Any], dict[str, Any]
     data = np.frombuffer(pooled.serialize(), np.uint8)
     arrays = {"mean": state["mean"], "m2": state["m2"],
               "within": np.sum([p.arrays["within"] for p in parts], axis=0),
-              "sketch": data}  # fmt: skip
-    return arrays, {"pumps": sum(int(p.meta["pumps"]) for p in parts), "size": len(data)}
+              "lag": np.sum([p.arrays["lag"] for p in parts], axis=0), "sketch": data}  # fmt: skip
+    counts = {key: sum(int(p.meta[key]) for p in parts) for key in ("pumps", "pairs")}
+    return arrays, {**counts, "size": len(data)}
 
 
 def _raw(summary: Summary, d: int) -> OnlineMahalanobis:
@@ -100,36 +115,38 @@ def _raw(summary: Summary, d: int) -> OnlineMahalanobis:
                                          "m2": summary.arrays["m2"]})  # fmt: skip
 
 
-def _whitening(within: Floats, rows: int, pumps: int, shrink: float = SHRINKAGE) -> (
-        Floats | None):  # fmt: skip
-    """``W`` with ``W W^T`` the inverse shrunk pooled covariance; ``None`` under 2 rows a pump."""
-    if rows - pumps < 2:
+def _model(within: Floats, lag: Floats, rows: int, pairs: int, pumps: int) -> VarModel | None:
+    """The pooled autoregression (``None`` under 2 rows and 2 pairs a pump)."""
+    if rows - pumps < 2 or pairs - pumps < 2:
         return None
-    cov = within / (rows - pumps)
-    cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov))
-    values, vectors = np.linalg.eigh(cov)
-    floor = max(float(values.max()) * 1e-12, 1e-300)
-    out: Floats = vectors / np.sqrt(np.maximum(values, floor))
-    return out
+    return VarModel.of(within / (rows - pumps), lag / (pairs - pumps), LEVEL_WINDOW)
 
 
 @dataclass(frozen=True, eq=False)
 class PumpPrior:
-    """What a new pump takes from the fleet: a whitening and a threshold of local scores."""
+    """What a new pump takes from the fleet: the within-pump law and a score threshold."""
 
-    whitening: Floats
+    model: VarModel
     threshold: float
 
     @classmethod
     def of(cls, fleet: Summary, q: float, min_scores: int = 100) -> PumpPrior | None:
         """The prior of a merged summary (``None`` without enough rows or scores)."""
         d = int(fleet.meta["d"])
-        within, pumps = _full(fleet.arrays["within"], d), int(fleet.meta["pumps"])
-        w = _whitening(within, fleet.count, pumps, float(fleet.meta["within_shrinkage"]))
+        model = _model(_full(fleet.arrays["within"], d), fleet.arrays["lag"].reshape(d, d),
+                       fleet.count, int(fleet.meta["pairs"]), int(fleet.meta["pumps"]))  # fmt: skip
         scores = sketch.from_bytes(fleet.arrays["sketch"].tobytes())
-        if w is None or scores.n < min_scores:
+        if model is None or scores.n < min_scores:
             return None
-        return cls(w, float(scores.get_quantile(q)))
+        return cls(model, float(scores.get_quantile(q)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as ``C0``, ``C1`` and the threshold (the tables are rebuilt, shared)."""
+        return _prior, (self.model.cov, self.model.lag, self.model.window, self.threshold)
+
+
+def _prior(cov: Floats, lag: Floats, window: int, threshold: float) -> PumpPrior:
+    return PumpPrior(VarModel.of(cov, lag, window), threshold)
 
 
 class PumpNode:
@@ -140,18 +157,23 @@ class PumpNode:
         d = int(template.meta["d"])
         self.prior: PumpPrior | None = None
         self._raw = OnlineMahalanobis(d, shrinkage=0.0)
-        self._within = np.zeros((d, d))
-        self._pumps = 0
+        self._within, self._lag = np.zeros((d, d)), np.zeros((d, d))
+        self._pumps = self._pairs = 0
         k = int(template.meta["k"])
         self._sketches = [sketch.sketch_of([], k), sketch.sketch_of([], k)]  # older, newer
-        self._own: tuple[int, Floats | None] = (0, None)
+        self._own: tuple[int, VarModel | None] = (0, None)
         self._lock = threading.Lock()
 
-    def add(self, rows: Floats, grown: Floats, new_pump: bool) -> None:
-        """Add a pump's newly learned normal ``rows`` and the growth of its co-moment."""
+    def add(self, rows: Floats, grown: tuple[Floats, Floats, int], new_pump: bool) -> None:
+        """Add a pump's newly learned normal ``rows`` and the growth of its co-moments.
+
+        ``grown``: growth of the pump's co-moment, lag-1 co-moment and pair count.
+        """
         with self._lock:
             self._raw.learn_many(rows)
-            self._within += grown
+            self._within += grown[0]
+            self._lag += grown[1]
+            self._pairs += grown[2]
             self._pumps += new_pump
 
     def add_scores(self, scores: Floats) -> None:
@@ -159,16 +181,17 @@ class PumpNode:
         with self._lock:
             self._sketches[1].update(np.asarray(scores, np.float32))
 
-    def whitening(self) -> Floats | None:
-        """The fleet prior's whitening, else the node's own pooled one (refreshed as it grows)."""
+    def model(self) -> VarModel | None:
+        """The fleet prior's model, else the node's own pooled one (refreshed as it grows)."""
         if self.prior is not None:
-            return self.prior.whitening
+            return self.prior.model
         with self._lock:
             rows, cached = self._own
             if self._raw.count < self.settle:
                 return None
             if cached is None or self._raw.count >= 2 * rows:
-                cached = _whitening(self._within, self._raw.count, self._pumps)
+                cached = _model(self._within, self._lag, self._raw.count, self._pairs,
+                                self._pumps)  # fmt: skip
                 self._own = (self._raw.count, cached)
         return cached
 
@@ -198,13 +221,14 @@ class PumpNode:
             pooled = sketch.merged(self._sketches, k)
             if rotate:
                 self._sketches = [self._sketches[1], sketch.sketch_of([], k)]
-            within, pumps = self._within[np.triu_indices(len(self._within))], self._pumps
+            within = self._within[np.triu_indices(len(self._within))]
+            lag, pumps, pairs = self._lag.ravel(), self._pumps, self._pairs
         t, data = self.template, np.frombuffer(pooled.serialize(), np.uint8)
         stamp = now or datetime.now(timezone.utc).replace(microsecond=0)
+        meta = {**t.meta, "pumps": pumps, "pairs": pairs, "size": len(data)}
         return Summary(t.kind, t.flow, t.node, t.group, t.model_version, t.fingerprint,
-                       state["count"], stamp, {**t.meta, "pumps": pumps, "size": len(data)},
-                       {"mean": state["mean"], "m2": state["m2"], "within": within,
-                        "sketch": data})  # fmt: skip
+                       state["count"], stamp, meta, {"mean": state["mean"], "m2": state["m2"],
+                       "within": within, "lag": lag, "sketch": data})  # fmt: skip
 
 
 class FleetPump(PumpEnsemble):
@@ -221,8 +245,14 @@ class FleetPump(PumpEnsemble):
         self.node: PumpNode | None = None  # not part of the state: attached by the caller
         d = len(config.channels)
         self._own = OnlineMahalanobis(d, shrinkage=0.0)
-        self._fhist: Floats = np.full((config.window - 1, d), np.nan)
-        self._sbuf: Floats = np.full(config.smooth - 1, np.nan)
+        self._lagged = LagMoments(d)
+        self._last: Floats = np.full(d, np.nan)  # the last normal row
+        self._prev: Floats = np.full(d, np.nan)  # the last row
+        self._since = 0  # rows since the last normal one (0: none yet)
+        self._recent: Floats = np.zeros((0, d))  # the last LEVEL_WINDOW - 1 rows
+        self._recent_normal: Bools = np.zeros(0, dtype=bool)  # which of them were learned
+        self._innov: Floats = np.zeros(SCALE_ROWS)  # the last one-step innovation scores
+        self._ninnov = 0
         self._counted = False
 
     def process(self, X: npt.ArrayLike, contexts: Sequence[Hashable] | None = None) -> (
@@ -231,43 +261,85 @@ class FleetPump(PumpEnsemble):
         cfg = self.config
         x = np.asarray(X, dtype=np.float64).reshape(-1, len(cfg.channels))
         result = super().process(x, contexts)
-        feats = trailing_mean(self._fhist, x, cfg.window) if len(x) else x
-        self._fhist = np.concatenate([self._fhist, x])[len(x) :]
         judging = result.training & (self.prior is not None)
-        whitening = self.prior.whitening if self.prior is not None else (
-            self.node.whitening() if self.node is not None else None)  # fmt: skip
-        before = self._own.state()
+        model = self.prior.model if self.prior is not None else (
+            self.node.model() if self.node is not None else None)  # fmt: skip
+        before = (self._own.state()["m2"], self._lagged.co, self._lagged.n)
         local, flags = np.full(len(x), np.nan), np.zeros(len(x), dtype=bool)
         normal = ~result.alerts
-        for i, row in enumerate(feats):
-            local[i] = self._local(row, whitening)
+        trim = trim_limit(len(cfg.channels), TRIM)
+        for i, row in enumerate(x):
+            local[i] = self._local(row, model)
             if judging[i] and self.prior is not None:
                 flags[i] = local[i] > self.prior.threshold
                 normal[i] = not flags[i]
-            if normal[i]:
-                self._own.learn_one(row)
-        self._contribute(feats[normal], before, local[normal])
+            normal[i] &= not local[i] > trim
+            self._learn(row, bool(normal[i]))
+        self._contribute(x[normal], before, local[normal])
         if not judging.any():
             return result
         limit = self.prior.threshold if self.prior is not None else math.inf
         return _with_prior(result, judging & np.isfinite(local), local, flags, cfg.k, limit)
 
-    def _local(self, row: Floats, whitening: Floats | None) -> float:
-        """The smoothed local score of ``row`` (NaN until ``window`` normal rows)."""
-        raw = math.nan
-        if whitening is not None and self._own.count >= self.config.window:
-            raw = float(np.linalg.norm((row - self._own.mean) @ whitening))
-        buf = np.append(self._sbuf, raw)
-        self._sbuf = buf[1:]
-        seen = buf[np.isfinite(buf)]
-        return float(seen.mean()) if len(seen) and math.isfinite(raw) else math.nan
+    def _local(self, row: Floats, model: VarModel | None) -> float:
+        """The local score of ``row`` (NaN until ``window`` normal rows)."""
+        own, count = self._own, self._own.count
+        if model is None or count < self.config.window:
+            return math.nan
+        mean = own.mean
+        here = row - mean
+        step = model.innovation(here, self._prev - mean, 1, count)
+        score = step if self._since == 1 else min(
+            step, model.innovation(here, self._last - mean, self._since, count))  # fmt: skip
+        recent, learned = self._recent, self._recent_normal
+        base = count - int(learned.sum())
+        if len(recent) == model.window - 1 and base >= self.config.window:
+            base_mean = (count * mean - recent[learned].sum(axis=0)) / base
+            kept = recent[learned].sum(axis=0) + (model.window - int(learned.sum())) * row
+            shift = kept / model.window - base_mean
+            score = max(score, model.level(shift, base))
+        return math.sqrt(max(score, 0.0) / self._scale(step, model))
 
-    def _contribute(self, rows: Floats, before: dict[str, Any], scores: Floats) -> None:
+    def _scale(self, step: float, model: VarModel) -> float:
+        """The pump's noise variance relative to the fleet's, after this row's innovation.
+
+        The lower quartile of the pump's last ``SCALE_ROWS`` one-step innovation scores
+        over chi-square's, every row counted (faults only raise scores, so one that
+        covers less than three quarters of them barely moves it, and a pump whose noise
+        is wider than the fleet's is not stuck flagging rows it will never learn),
+        shrunk toward 1 by ``SCALE_PRIOR`` rows.
+        """
+        seen = self._ninnov
+        self._innov[seen % SCALE_ROWS] = step
+        self._ninnov = seen = seen + 1
+        n = min(seen, SCALE_ROWS)
+        quartile = float(np.partition(self._innov[:n], n // 4)[n // 4])
+        ratio = quartile / model.lower_quartile
+        return (n * ratio + SCALE_PRIOR) / (n + SCALE_PRIOR)
+
+    def _learn(self, row: Floats, normal: bool) -> None:
+        """Move the running values past ``row``; a normal row is learned."""
+        self._prev = row
+        keep = LEVEL_WINDOW - 1
+        self._recent = np.concatenate([self._recent, row[None]])[-keep:]
+        self._recent_normal = np.append(self._recent_normal, normal)[-keep:]
+        if not normal:
+            if self._since:
+                self._since += 1
+            return
+        if self._since == 1:
+            self._lagged.add(row, self._last)
+        self._own.learn_one(row)
+        self._last, self._since = row, 1
+
+    def _contribute(self, rows: Floats, before: tuple[Floats, Floats, int],
+                    scores: Floats) -> None:  # fmt: skip
         node = self.node
         if node is None or not len(rows):
             return
         d = len(self.config.channels)
-        grown = _full(self._own.state()["m2"] - before["m2"], d)
+        grown = (_full(self._own.state()["m2"] - before[0], d), self._lagged.co - before[1],
+                 self._lagged.n - before[2])  # fmt: skip
         node.add(rows, grown, not self._counted)
         self._counted = True
         if len(scores := scores[np.isfinite(scores)]):
@@ -275,20 +347,25 @@ class FleetPump(PumpEnsemble):
 
     def state(self) -> dict[str, Any]:
         """The ensemble's state, the prior, and the fleet side's running values."""
-        prior = None if self.prior is None else (self.prior.whitening, self.prior.threshold)
-        return {**super().state(), "fleet": {"prior": prior, "own": self._own.state(),
-                                             "fhist": self._fhist, "sbuf": self._sbuf,
-                                             "counted": self._counted}}  # fmt: skip
+        lagged = self._lagged
+        return {**super().state(), "fleet": {
+            "prior": self.prior, "own": self._own.state(),
+            "lagged": (lagged.n, lagged.now, lagged.before, lagged.co),
+            "rows": (self._last, self._prev, self._recent, self._recent_normal),
+            "since": self._since, "steps": (self._innov, self._ninnov),
+            "counted": self._counted}}  # fmt: skip
 
     def _restore(self, state: dict[str, Any]) -> None:
         super()._restore(state)
         fleet = state["fleet"]
-        self.prior = None if fleet["prior"] is None else PumpPrior(*fleet["prior"])
+        self.prior = fleet["prior"]
         self._own = OnlineMahalanobis.from_state(fleet["own"])
-        self._fhist, self._sbuf, self._counted = fleet["fhist"], fleet["sbuf"], fleet["counted"]
-
-
-Bools = npt.NDArray[np.bool_]
+        self._lagged = LagMoments(len(self.config.channels))
+        lagged = self._lagged
+        lagged.n, lagged.now, lagged.before, lagged.co = fleet["lagged"]
+        self._last, self._prev, self._recent, self._recent_normal = fleet["rows"]
+        self._since, self._counted = fleet["since"], fleet["counted"]
+        self._innov, self._ninnov = fleet["steps"]
 
 
 def _with_prior(result: EnsembleScores, rows: Bools, local: Floats, flags: Bools, k: int,

@@ -98,7 +98,8 @@ KINDS: dict[str, Callable[[Mapping[str, Any]], dict[str, tuple[int, ...]]]] = {
     "hst": _hst_shapes,
     "sketch": lambda m: {"sketch": (int(m["size"]),)},
     "pump": lambda m: {"mean": (int(m["d"]),), "m2": (math.comb(int(m["d"]) + 1, 2),),
-                       "within": (math.comb(int(m["d"]) + 1, 2),), "sketch": (int(m["size"]),)},
+                       "within": (math.comb(int(m["d"]) + 1, 2),), "lag": (int(m["d"]) ** 2,),
+                       "sketch": (int(m["size"]),)},
 }  # fmt: skip
 """Each kind, with the array shapes its ``meta`` implies."""
 

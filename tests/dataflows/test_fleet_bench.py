@@ -59,10 +59,14 @@ def test_pump_bench_on_simulated_pumps_scores_joining_pumps_twice() -> None:
     lines, result = bench("--flow", "pump", "--source", "sim", "--sensors", "3", "--new", "2",
                           "--nodes", "2")  # fmt: skip
     assert lines[1].startswith("joining pumps, first 100 readings, fleet prior")
-    assert len(lines) == 6  # header, three rows, sizes, JSON: no "same readings" row
+    assert len(lines) == 7  # header, three rows, by kind, sizes, JSON: no "same readings" row
+    assert lines[4].startswith("recall by kind, fleet prior: spike")
     prior, none, warm = result["with"], result["without"], result["warm"]
     assert isinstance(prior, dict) and isinstance(none, dict) and isinstance(warm, dict)
     assert prior["labelled"] == none["labelled"] == 24  # 12 % of 2 x 100, the same readings
     assert none["recall"] == none["false_alarm_rate"] == 0.0  # no verdict before the prefix
+    assert prior["episodes"] == none["episodes"] > 0 and none["episode_recall"] == 0.0
+    by_kind = result["with_by_kind"]
+    assert isinstance(by_kind, dict) and set(by_kind) == {"spike", "drift", "cavitation"}
     assert warm["normal"] > 0 and result["source"] == "sim" and result["pumps"] == 5
     assert 0 < int(str(result["fleet_bytes"])) <= 65_536

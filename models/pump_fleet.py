@@ -13,16 +13,17 @@ fleet, plus a threshold from the fleet's scores:
   Chan's merge) and the growth of its own co-moments (so the node sums each pump's
   co-moments about its *own* means: the pooled within-pump covariance ``C0`` and lag-1
   cross-covariance ``C1``).
-- Its *local score* of a row is ``sqrt(max(innovation, level))`` of
+- Its *local score* of a row is ``sqrt(max(innovation, level) / scale)`` of
   :class:`~models.pump_var.VarModel` about the pump's own running normal mean: the row
   against its prediction from the last normal row (or, when that is further back than
   the previous row, the lower of that and the one-step prediction from the previous
   row, so one flagged row does not make its successor look odd), and the mean of the
-  row and the ``LEVEL_WINDOW - 1`` normal rows before it against the mean of the pump's
-  earlier normal rows. A pump adds the local scores of its normal rows to the node's KLL
-  sketch (:mod:`models.sketch`) once a model is settled (the fleet prior's, or the
-  node's own past ``settle`` rows); the node's summary carries the scores of its last
-  two publishing periods.
+  last ``LEVEL_WINDOW`` rows (a flagged one among them counted as the row itself, so a
+  fault does not linger) against the mean of the pump's earlier normal rows; ``scale`` is
+  the pump's own noise scale (:meth:`FleetPump._scale`). A pump adds the local scores of
+  its normal rows to the node's KLL sketch (:mod:`models.sketch`) once a model is
+  settled (the fleet prior's, or the node's own past ``settle`` rows); the node's
+  summary carries the scores of its last two publishing periods.
 - A ``"pump"`` summary carries ``mean``/``m2`` (raw, Chan), ``within`` and ``lag``
   (summed), the ``sketch``, ``pumps`` and ``pairs``; merging is exact for the moments
   and within DataSketches' error for the sketch, in any order (:func:`pump_merge`).
@@ -352,7 +353,7 @@ class FleetPump(PumpEnsemble):
             "prior": self.prior, "own": self._own.state(),
             "lagged": (lagged.n, lagged.now, lagged.before, lagged.co),
             "rows": (self._last, self._prev, self._recent, self._recent_normal),
-            "since": self._since, "steps": (self._innov, self._ninnov),
+            "since": self._since, "steps": (self._innov.copy(), self._ninnov),
             "counted": self._counted}}  # fmt: skip
 
     def _restore(self, state: dict[str, Any]) -> None:

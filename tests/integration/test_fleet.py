@@ -115,7 +115,7 @@ def test_new_sensor_on_node_3_gets_the_fleet_prior_and_flags_its_first_window(
 
     # every sensor's two windows on all three nodes, merged while the flows still run
     # (at the end the aggregator may stop before the nodes' last summaries arrive)
-    wait_until(lambda: any(m.meta["windows"] >= 3 * 3 * 2 for m, _ in merges()), 15,
+    wait_until(lambda: any(m.meta["windows"] >= 3 * 3 * 2 for m, _ in merges()), 60,
                "a merge of every sensor's windows")  # fmt: skip
     for runner in (*nodes, agg):
         runner.wait(30)

@@ -41,6 +41,7 @@ import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -250,8 +251,10 @@ class FleetPump(PumpEnsemble):
         self._last: Floats = np.full(d, np.nan)  # the last normal row
         self._prev: Floats = np.full(d, np.nan)  # the last row
         self._since = 0  # rows since the last normal one (0: none yet)
-        self._recent: Floats = np.zeros((0, d))  # the last LEVEL_WINDOW - 1 rows
-        self._recent_normal: Bools = np.zeros(0, dtype=bool)  # which of them were learned
+        # the last LEVEL_WINDOW - 1 rows (a ring), which of them were learned, rows seen
+        self._recent: Floats = np.zeros((LEVEL_WINDOW - 1, d))
+        self._recent_normal: Bools = np.zeros(LEVEL_WINDOW - 1, dtype=bool)
+        self._seen_rows = 0
         self._innov: Floats = np.zeros(SCALE_ROWS)  # the last one-step innovation scores
         self._ninnov = 0
         self._counted = False
@@ -268,7 +271,7 @@ class FleetPump(PumpEnsemble):
         before = (self._own.state()["m2"], self._lagged.co, self._lagged.n)
         local, flags = np.full(len(x), np.nan), np.zeros(len(x), dtype=bool)
         normal = ~result.alerts
-        trim = trim_limit(len(cfg.channels), TRIM)
+        trim = _trim(len(cfg.channels))
         for i, row in enumerate(x):
             local[i] = self._local(row, model)
             if judging[i] and self.prior is not None:
@@ -292,11 +295,12 @@ class FleetPump(PumpEnsemble):
         step = model.innovation(here, self._prev - mean, 1, count)
         score = step if self._since == 1 else min(
             step, model.innovation(here, self._last - mean, self._since, count))  # fmt: skip
-        recent, learned = self._recent, self._recent_normal
+        learned = self._recent_normal
         base = count - int(learned.sum())
-        if len(recent) == model.window - 1 and base >= self.config.window:
-            base_mean = (count * mean - recent[learned].sum(axis=0)) / base
-            kept = recent[learned].sum(axis=0) + (model.window - int(learned.sum())) * row
+        if self._seen_rows >= model.window - 1 and base >= self.config.window:
+            own_recent = self._recent[learned].sum(axis=0)
+            base_mean = (count * mean - own_recent) / base
+            kept = own_recent + (model.window - int(learned.sum())) * row
             shift = kept / model.window - base_mean
             score = max(score, model.level(shift, base))
         return math.sqrt(max(score, 0.0) / self._scale(step, model))
@@ -321,9 +325,9 @@ class FleetPump(PumpEnsemble):
     def _learn(self, row: Floats, normal: bool) -> None:
         """Move the running values past ``row``; a normal row is learned."""
         self._prev = row
-        keep = LEVEL_WINDOW - 1
-        self._recent = np.concatenate([self._recent, row[None]])[-keep:]
-        self._recent_normal = np.append(self._recent_normal, normal)[-keep:]
+        slot = self._seen_rows % (LEVEL_WINDOW - 1)
+        self._recent[slot], self._recent_normal[slot] = row, normal
+        self._seen_rows += 1
         if not normal:
             if self._since:
                 self._since += 1
@@ -352,7 +356,8 @@ class FleetPump(PumpEnsemble):
         return {**super().state(), "fleet": {
             "prior": self.prior, "own": self._own.state(),
             "lagged": (lagged.n, lagged.now, lagged.before, lagged.co),
-            "rows": (self._last, self._prev, self._recent, self._recent_normal),
+            "rows": (self._last, self._prev, self._recent.copy(), self._recent_normal.copy(),
+                     self._seen_rows),
             "since": self._since, "steps": (self._innov.copy(), self._ninnov),
             "counted": self._counted}}  # fmt: skip
 
@@ -364,9 +369,14 @@ class FleetPump(PumpEnsemble):
         self._lagged = LagMoments(len(self.config.channels))
         lagged = self._lagged
         lagged.n, lagged.now, lagged.before, lagged.co = fleet["lagged"]
-        self._last, self._prev, self._recent, self._recent_normal = fleet["rows"]
+        self._last, self._prev, self._recent, self._recent_normal, self._seen_rows = fleet["rows"]
         self._since, self._counted = fleet["since"], fleet["counted"]
         self._innov, self._ninnov = fleet["steps"]
+
+
+@lru_cache(maxsize=8)
+def _trim(d: int) -> float:
+    return trim_limit(d, TRIM)
 
 
 def _with_prior(result: EnsembleScores, rows: Bools, local: Floats, flags: Bools, k: int,

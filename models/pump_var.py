@@ -108,6 +108,8 @@ class VarModel:
     _pred: Floats = field(repr=False)  # (LAGS + 1, d, d): inverse k-step covariances
     _level: Floats = field(repr=False)  # (MAX_BASE + 1, d, d): inverse level covariances
     _mean: Floats = field(repr=False)  # (MAX_BASE + 1, d, d): covariances of base means
+    _ahead: Floats = field(repr=False)  # (LAGS + 1, d, d): k-step prediction covariances
+    _keep: Floats = field(repr=False)  # (LAGS + 1, d, d): I - A^k
 
     @property
     def lower_quartile(self) -> float:
@@ -139,8 +141,8 @@ class VarModel:
         e = row - step @ last
         if base is None or base >= MAX_BASE:
             return float(e @ self._pred[k] @ e)
-        keep = np.eye(len(e)) - step
-        cov = self.cov - step @ self.cov @ step.T + keep @ self._mean[max(base, 1)] @ keep.T
+        keep = self._keep[k]
+        cov = self._ahead[k] + keep @ self._mean[max(base, 1)] @ keep.T
         return float(e @ np.linalg.solve(cov, e))
 
     def level(self, shift: Floats, base: int) -> float:
@@ -166,7 +168,7 @@ def _build(c0_bytes: bytes, c1_bytes: bytes, d: int, window: int) -> VarModel:
     sym = autocov + autocov.transpose(0, 2, 1)
     sym[0] = c0
     level, means = _level_inverses(sym, window)
-    return VarModel(c0, c1, window, steps, pred, level, means)
+    return VarModel(c0, c1, window, steps, pred, level, means, ahead, np.eye(d) - steps)
 
 
 def _level_inverses(sym: Floats, w: int) -> tuple[Floats, Floats]:
